@@ -1,0 +1,46 @@
+# Portico — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 4
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create the virtualenv and install Portico with its dev tools
+
+run: $(STAMP) ## run the whole platform (gateway + users + orgs + files) on embedded defaults
+	$(PY) scripts/dev.py
+
+test: $(STAMP) ## install what tests need and run the whole suite
+	$(PY) scripts/check_infra.py
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs gateway services
+
+fmt: $(STAMP) ## format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP) ## run the benchmarks under bench/ and write the report
+	$(PY) -m bench
+
+clean: ## remove the virtualenv, local data and caches
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install run test lint fmt bench clean

@@ -1,0 +1,1 @@
+"""The Portico API gateway."""

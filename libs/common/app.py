@@ -1,0 +1,128 @@
+"""The app factory every process starts from: middlewares, `/healthz`, `/readyz`, `/metrics`,
+graceful shutdown and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import orjson
+import structlog
+import uvloop
+from aiohttp import web
+
+from libs.common.errors import UpstreamUnavailable
+from libs.common.http import (
+    error_middleware,
+    identity_middleware,
+    observe_middleware,
+    problem_response,
+    request_id_of,
+)
+from libs.common.logging import configure_logging
+from libs.common.metrics import metrics_handler
+from libs.common.settings import BaseServiceSettings
+
+__all__ = [
+    "READINESS",
+    "ReadinessCheck",
+    "add_readiness_check",
+    "create_service_app",
+    "run_app",
+]
+
+ReadinessCheck = Callable[[], Awaitable[object]]
+READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
+DRAINING = web.AppKey("draining", list[bool])
+READINESS_TIMEOUT = 2.0
+
+_log = structlog.get_logger("portico.app")
+
+
+def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
+    """Register a dependency `/readyz` must reach; `check` raises (or times out) when it cannot."""
+    app[READINESS][name] = check
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _run_check(check: ReadinessCheck) -> str:
+    try:
+        await asyncio.wait_for(check(), READINESS_TIMEOUT)
+    except Exception:  # any failure means "not ready"; the reason is logged, not returned
+        return "down"
+    return "ok"
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    checks = request.app[READINESS]
+    names = list(checks)
+    results = await asyncio.gather(*(_run_check(checks[name]) for name in names))
+    report = dict(zip(names, results, strict=True))
+    if request.app[DRAINING][0]:
+        report["draining"] = "down"
+    if all(result == "ok" for result in report.values()):
+        return web.Response(
+            body=orjson.dumps({"status": "ready", "checks": report}),
+            content_type="application/json",
+        )
+    _log.warning("not ready", checks=report)
+    response = problem_response(
+        UpstreamUnavailable("a dependency is not reachable"), request_id_of(request)
+    )
+    body = orjson.loads(response.body)  # type: ignore[arg-type]
+    body["checks"] = report
+    response.body = orjson.dumps(body)
+    return response
+
+
+async def _start_draining(app: web.Application) -> None:
+    # Readiness turns false first so load balancers stop sending before connections close.
+    app[DRAINING][0] = True
+
+
+def create_service_app(
+    settings: BaseServiceSettings,
+    *,
+    middlewares: Sequence[Callable[..., Awaitable[web.StreamResponse]]] = (),
+    client_max_size: int = 1024 * 1024 + 1024,
+    verify_identity: bool = True,
+) -> web.Application:
+    """A `web.Application` with the common middlewares and health/metrics routes."""
+    chain = [observe_middleware(settings.service_name), error_middleware]
+    if verify_identity:
+        chain.append(identity_middleware(settings.internal_secret.get_secret_value()))
+    app = web.Application(middlewares=[*chain, *middlewares], client_max_size=client_max_size)
+    app[READINESS] = {}
+    app[DRAINING] = [False]
+    app.on_shutdown.append(_start_draining)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+def run_app(
+    app: web.Application | Awaitable[web.Application],
+    settings: BaseServiceSettings,
+    *,
+    reuse_port: bool | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain in-flight requests for `shutdown_timeout`."""
+    configure_logging(
+        level=settings.log_level, json=settings.log_json, service=settings.service_name
+    )
+    _log.info("starting", host=settings.host, port=settings.port)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout,
+        reuse_port=reuse_port,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        handler_cancellation=True,
+    )

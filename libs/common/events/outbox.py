@@ -1,0 +1,124 @@
+"""Transactional outbox: a state change and its events commit together or not at all.
+
+    async with outbox.transaction() as tx:
+        await user.insert(session=tx.session)
+        tx.emit("user.created", {"user_id": str(user.id)})
+
+The entries are inserted in the same MongoDB transaction right before it commits; the relay
+(`libs.common.events.relay`) publishes them afterwards with publisher confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, Field
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from libs.common.events.envelope import EVENT_TYPES, Event, _now
+from libs.common.mongo import Mongo
+
+__all__ = ["OUTBOX_INDEXES", "Outbox", "OutboxEntry", "Transaction"]
+
+
+class OutboxEntry(BaseModel):
+    """An event waiting to be (or already) published. `_id` order is publication order.
+
+    Stored with the raw driver in the service's `outbox` collection (not a Beanie document), so
+    the outbox works the same whatever document models a service binds.
+    """
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    source: str
+    request_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    status: str = "pending"  # pending -> sent
+    created_at: datetime = Field(default_factory=_now)
+    sent_at: datetime | None = None
+    attempts: int = 0
+
+    @classmethod
+    def from_event(cls, event: Event) -> OutboxEntry:
+        return cls(
+            event_id=event.id,
+            type=event.type,
+            occurred_at=event.occurred_at,
+            source=event.source,
+            request_id=event.request_id,
+            data=event.data,
+        )
+
+    def to_event(self) -> Event:
+        return Event(
+            id=self.event_id,
+            type=self.type,
+            occurred_at=self.occurred_at,
+            source=self.source,
+            request_id=self.request_id,
+            data=self.data,
+        )
+
+
+OUTBOX_INDEXES = [
+    IndexModel([("status", ASCENDING), ("_id", ASCENDING)]),
+    IndexModel([("event_id", ASCENDING)], unique=True),
+    IndexModel([("sent_at", ASCENDING)]),
+]
+
+
+class Transaction:
+    """A MongoDB transaction that can also emit events."""
+
+    def __init__(self, session: AsyncClientSession, source: str, request_id: str | None) -> None:
+        self.session = session
+        self.source = source
+        self.request_id = request_id
+        self.events: list[Event] = []
+
+    def emit(self, type: str, data: dict[str, Any]) -> Event:
+        """Queue an event; it is written to the outbox only if the transaction commits."""
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}")
+        event = Event(type=type, source=self.source, request_id=self.request_id, data=data)
+        self.events.append(event)
+        return event
+
+
+class Outbox:
+    """Opens transactions for one service and wakes its relay after each commit."""
+
+    def __init__(self, mongo: Mongo, source: str, *, collection: str = "outbox") -> None:
+        self.mongo = mongo
+        self.source = source
+        self.collection = mongo.database[collection]
+        self.wakeup = asyncio.Event()
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_indexes(OUTBOX_INDEXES)
+
+    @asynccontextmanager
+    async def transaction(self, *, request_id: str | None = None) -> AsyncIterator[Transaction]:
+        """Commit everything done with `tx.session` plus the emitted events, atomically."""
+        if request_id is None:
+            request_id = structlog.contextvars.get_contextvars().get("request_id")
+        async with (
+            self.mongo.client.start_session() as session,
+            await session.start_transaction(),
+        ):
+            tx = Transaction(session, self.source, request_id)
+            yield tx
+            if tx.events:
+                await self.collection.insert_many(
+                    [OutboxEntry.from_event(e).model_dump() for e in tx.events],
+                    session=session,
+                )
+        if tx.events:
+            self.wakeup.set()
