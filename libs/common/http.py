@@ -68,7 +68,8 @@ def sane_request_id(value: str | None) -> str:
 
 
 def request_id_of(request: web.Request) -> str | None:
-    return request.get(REQUEST_ID)
+    value: str | None = request.get(REQUEST_ID)
+    return value
 
 
 def route_template(request: web.Request) -> str:
@@ -181,14 +182,15 @@ def identity_middleware(secret: str) -> Callable[..., Awaitable[web.StreamRespon
 
 def principal(request: web.Request) -> Principal:
     """The caller, or 401 when the request carries no verified identity."""
-    who = request.get(PRINCIPAL)
+    who: Principal | None = request.get(PRINCIPAL)
     if who is None:
         raise Unauthenticated()
     return who
 
 
 def optional_principal(request: web.Request) -> Principal | None:
-    return request.get(PRINCIPAL)
+    who: Principal | None = request.get(PRINCIPAL)
+    return who
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:

@@ -66,7 +66,7 @@ async def client(aiohttp_client: Any) -> TestClient[Any, Any]:
 
 
 def assert_problem(body: dict[str, Any], status: int, code: str) -> None:
-    assert PROBLEM_KEYS <= body.keys()
+    assert body.keys() >= PROBLEM_KEYS
     assert body["status"] == status
     assert body["code"] == code
     assert body["type"] == "about:blank"
@@ -98,7 +98,9 @@ async def test_request_id_is_bound_to_log_lines(
 
     configure_logging(level="INFO", json=True, service="contract-test")
     await client.get("/items/7", headers={"X-Request-ID": "trace-me-42"})
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
     handler_line = next(line for line in lines if line.get("event") == "item read")
     access_line = next(line for line in lines if line.get("event") == "request")
     assert handler_line["request_id"] == "trace-me-42"
