@@ -1,0 +1,153 @@
+"""The whole platform as real processes, for end-to-end, fault-injection and attack tests.
+
+Each stack gets its own SecantusDB, its own RabbitMQ vhost (so exchanges and queues never meet
+another stack's), its own Redis key prefix, and free ports. Processes log to files under the
+stack's directory so tests can grep them (e.g. for leaked secrets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libs.common.embedded import EmbeddedMongo, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("users", "orgs", "files")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Process:
+    name: str
+    module: str
+    port: int
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        out.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-4000:]}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp,  # noqa: S310
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready:\n{self.log.read_text()[-4000:]}")
+
+
+@dataclass
+class Stack:
+    directory: Path
+    secret: str = field(default_factory=lambda: "e2e-" + uuid.uuid4().hex * 2)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    mongo: EmbeddedMongo | None = None
+    processes: dict[str, Process] = field(default_factory=dict)
+    vhost: str = ""
+
+    @property
+    def gateway(self) -> str:
+        return self.processes["gateway"].url
+
+    def base_env(self) -> dict[str, str]:
+        assert self.mongo is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTICO_")}
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "PORTICO_ENV": "test",
+                "MONGODB_URL": self.mongo.url,
+                "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}",
+                "PORTICO_INTERNAL_SECRET": self.secret,
+                "PORTICO_REDIS_PREFIX": f"e2e:{self.token}:",
+            }
+        )
+        return env
+
+    def start(self, extra_env: dict[str, str] | None = None) -> Stack:
+        self.vhost = f"e2e_{self.token}"
+        _rabbitmqctl("add_vhost", self.vhost)
+        _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        self.mongo = EmbeddedMongo(
+            storage=self.directory / "mongo", log=self.directory / "secantus.log"
+        ).start()
+        env = self.base_env()
+        env.update(extra_env or {})
+        ports = {name: free_port() for name in (*SERVICES, "gateway")}
+        for name in SERVICES:
+            upper = name.upper()
+            env[f"PORTICO_{upper}_PORT"] = str(ports[name])
+            env[f"PORTICO_GATEWAY_{upper}_URLS"] = f"http://127.0.0.1:{ports[name]}"
+        env["PORTICO_GATEWAY_PORT"] = str(ports["gateway"])
+        env["PORTICO_GATEWAY_WORKERS"] = "1"
+        env["PORTICO_FILES_STORAGE_PATH"] = str(self.directory / "objects")
+        env["PORTICO_FILES_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{ports['gateway']}"
+        for name, module in (
+            ("users", "services.users"),
+            ("orgs", "services.orgs"),
+            ("files", "services.files"),
+            ("gateway", "gateway"),
+        ):
+            process = Process(name, module, ports[name], dict(env), self.directory / f"{name}.log")
+            self.processes[name] = process
+            process.start()
+        for process in self.processes.values():
+            process.wait_ready()
+        return self
+
+    def logs(self) -> str:
+        return "\n".join(p.log.read_text(errors="replace") for p in self.processes.values())
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        if self.mongo is not None:
+            self.mongo.stop()
+        if self.vhost:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                _rabbitmqctl("delete_vhost", self.vhost)
