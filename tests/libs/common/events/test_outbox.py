@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from libs.common.events import Outbox
-from libs.common.mongo import Mongo, connect_mongo
-
-
-@pytest.fixture
-async def mongo(mongo_url: str, db_name: str) -> AsyncIterator[Mongo]:
-    handle = await connect_mongo(mongo_url, db_name, [])
-    yield handle
-    await handle.client.drop_database(db_name)
-    await handle.client.close()
+from libs.common.mongo import Mongo
 
 
 async def test_committed_transaction_writes_state_and_events(mongo: Mongo) -> None:

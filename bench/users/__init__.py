@@ -1,0 +1,1 @@
+"""Benchmarks of the users service (`python -m bench.users`)."""

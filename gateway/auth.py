@@ -1,0 +1,417 @@
+"""Edge authentication: EdDSA access tokens verified locally against the users JWKS, revocation
+checked in Redis (one MGET), API keys resolved through the users service, scopes per route.
+
+The hot path for a token seen before is a dict lookup, an `exp` comparison and one MGET: the
+verified claims and the signed `X-Portico-Identity` value are cached per token until it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import structlog
+from prometheus_client import Counter
+
+from gateway.revocation import MGetClient
+from gateway.routing import Route
+from gateway.upstreams import Upstream
+from libs.common.errors import Forbidden, Unauthenticated, UpstreamUnavailable
+from libs.common.identity import IDENTITY_HEADER, Principal, sign_identity
+
+__all__ = ["AUTH_FAILURES", "Authenticator", "Jwks", "Verified"]
+
+_log = structlog.get_logger("portico.gateway.auth")
+
+AUTH_FAILURES = Counter(
+    "gateway_auth_failures_total", "Requests refused at the gateway's edge auth", ["reason"]
+)
+_REASONS = (
+    "missing", "malformed", "bad_algorithm", "unknown_kid", "bad_signature", "expired",
+    "not_yet_valid", "wrong_issuer", "wrong_audience", "revoked", "invalid_api_key",
+    "insufficient_scope", "api_key_not_allowed",
+)  # fmt: skip
+_FAILURE = {reason: AUTH_FAILURES.labels(reason) for reason in _REASONS}
+for _counter in _FAILURE.values():
+    _counter.inc(0)
+
+_MAX_TOKEN = 8192
+_MAX_API_KEY = 256
+_NEGATIVE_KEY_SECONDS = 5.0
+_SERVICE = Principal(id="gateway", kind="service", roles=("service",))
+
+
+def _fail(reason: str, detail: str = "invalid credentials") -> Unauthenticated:
+    _FAILURE[reason].inc()
+    return Unauthenticated(detail)
+
+
+@dataclass(slots=True)
+class Verified:
+    """A verified credential: who it is, until when, and the identity header to forward."""
+
+    principal: Principal
+    expires: float
+    identity: str
+    resign_at: float
+    keys: tuple[bytes, ...] = ()  # revocation keys in Redis (tokens only)
+    iat: int = 0
+
+
+class Jwks:
+    """The users service's signing keys, fetched on start, refreshed on an unknown kid (rate
+    limited, single-flight) and in the background when older than `ttl`."""
+
+    def __init__(self, users: Upstream, *, min_refresh: float, ttl: float) -> None:
+        self.users = users
+        self.min_refresh = min_refresh
+        self.ttl = ttl
+        self.keys: dict[str, Any] = {}
+        self.fetched_at = 0.0
+        self.attempted_at = -1e9
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def _fetch(self) -> None:
+        self.attempted_at = time.monotonic()
+        instance = self.users.pick()
+        if instance is None or self.users.session is None:
+            return
+        try:
+            async with self.users.session.get(
+                f"{instance.base}/.well-known/jwks.json", timeout=aiohttp.ClientTimeout(total=3)
+            ) as response:
+                if response.status != 200:
+                    _log.warning("jwks fetch failed", status=response.status)
+                    return
+                document = orjson.loads(await response.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            _log.warning("jwks fetch failed", error=type(exc).__name__)
+            return
+        keys: dict[str, Any] = {}
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            # Only Ed25519 keys: the algorithm is pinned, never chosen by the token.
+            if not isinstance(entry, dict) or entry.get("kty") != "OKP":
+                continue
+            if entry.get("crv") != "Ed25519" or not entry.get("kid"):
+                continue
+            try:
+                keys[str(entry["kid"])] = jwt.PyJWK(entry, algorithm="EdDSA").key
+            except (jwt.PyJWKError, jwt.InvalidKeyError):
+                _log.warning("unusable jwk", kid=entry.get("kid"))
+        self.keys = keys
+        self.fetched_at = time.monotonic()
+
+    async def refresh(self) -> None:
+        """Fetch now, sharing one in-flight fetch between concurrent callers."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(self._fetch())
+        await asyncio.shield(self._inflight)
+
+    async def key(self, kid: str) -> Any:
+        key = self.keys.get(kid)
+        now = time.monotonic()
+        if key is not None:
+            if now - self.fetched_at > self.ttl and now - self.attempted_at > self.min_refresh:
+                self.attempted_at = now
+                self._inflight = asyncio.create_task(self._fetch())
+            return key
+        if now - self.attempted_at >= self.min_refresh:
+            await self.refresh()
+        elif self._inflight is not None and not self._inflight.done():
+            await asyncio.shield(self._inflight)
+        return self.keys.get(kid)
+
+
+class Authenticator:
+    """Turns a request's credentials into a `Verified` principal for a route."""
+
+    def __init__(
+        self,
+        *,
+        users: Upstream,
+        jwks: Jwks,
+        revocations: MGetClient,
+        secret: str,
+        prefix: str,
+        issuer: str,
+        audience: str,
+        leeway: int,
+        cache_size: int,
+        apikey_seconds: float,
+        identity_ttl: int,
+        fail_open: bool,
+    ) -> None:
+        self.users = users
+        self.jwks = jwks
+        self.revocations = revocations
+        self.secret = secret
+        self.prefix = prefix
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.cache_size = cache_size
+        self.apikey_seconds = apikey_seconds
+        self.identity_ttl = identity_ttl
+        self.fail_open = fail_open
+        self.tokens: dict[str, Verified] = {}
+        self.api_keys: dict[str, Verified | float] = {}  # float: "unknown key" until then
+        self._resolving: dict[str, asyncio.Future[Verified | None]] = {}
+        self.revoked_jti: dict[str, float] = {}
+        self.revoked_sid: dict[str, float] = {}
+        self._service_identity = ("", 0.0)
+
+    # -- identity -------------------------------------------------------------------------
+
+    def _sign(self, principal: Principal) -> tuple[str, float]:
+        value = sign_identity(principal, self.secret, ttl=self.identity_ttl)
+        return value, time.time() + self.identity_ttl / 2
+
+    def service_identity(self) -> str:
+        """The identity the gateway itself presents to services (kind="service")."""
+        value, resign_at = self._service_identity
+        if time.time() >= resign_at:
+            self._service_identity = self._sign(_SERVICE)
+            value = self._service_identity[0]
+        return value
+
+    def identity_of(self, verified: Verified) -> str:
+        if time.time() >= verified.resign_at:
+            verified.identity, verified.resign_at = self._sign(verified.principal)
+        return verified.identity
+
+    # -- entry point ----------------------------------------------------------------------
+
+    async def authenticate(self, headers: Any, route: Route) -> Verified | None:
+        """The verified caller, None for an anonymous one where the route allows it."""
+        authorization = headers.get("Authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
+                raise _fail("malformed", "expected 'Authorization: Bearer <token>'")
+            verified = await self._token(token.strip())
+        else:
+            key = headers.get("X-API-Key")
+            if key is None:
+                if route.auth == "required":
+                    raise _fail("missing", "authentication is required")
+                return None
+            verified = await self._api_key(key)
+        principal = verified.principal
+        if principal.kind == "api_key":
+            if not route.api_keys:
+                _FAILURE["api_key_not_allowed"].inc()
+                raise Forbidden("API keys cannot be used on this route")
+            for scope in route.scopes:
+                if scope not in principal.scopes:
+                    _FAILURE["insufficient_scope"].inc()
+                    raise Forbidden(f"the API key lacks the scope {scope!r}")
+        return verified
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def _token(self, token: str) -> Verified:
+        verified = self.tokens.get(token)
+        now = time.time()
+        if verified is None or verified.expires <= now:
+            if verified is not None:
+                del self.tokens[token]
+                raise _fail("expired", "the access token has expired")
+            verified = await self._verify(token)
+            if len(self.tokens) >= self.cache_size:
+                # FIFO eviction: dicts keep insertion order, the oldest entry goes first.
+                del self.tokens[next(iter(self.tokens))]
+            self.tokens[token] = verified
+        await self._check_revoked(token, verified)
+        return verified
+
+    async def _verify(self, token: str) -> Verified:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise _fail("malformed") from None
+        if header.get("alg") != "EdDSA":
+            raise _fail("bad_algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _fail("unknown_kid")
+        key = await self.jwks.key(kid)
+        if key is None:
+            raise _fail("unknown_kid")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=["EdDSA"],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "sub", "jti", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _fail("expired", "the access token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _fail("not_yet_valid") from None
+        except jwt.InvalidIssuerError:
+            raise _fail("wrong_issuer") from None
+        except jwt.InvalidAudienceError:
+            raise _fail("wrong_audience") from None
+        except jwt.InvalidAlgorithmError:
+            raise _fail("bad_algorithm") from None
+        except jwt.InvalidSignatureError:
+            raise _fail("bad_signature") from None
+        except jwt.InvalidTokenError:
+            raise _fail("malformed") from None
+        roles = claims.get("roles", ["user"])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise _fail("malformed")
+        sub, jti, sid = str(claims["sub"]), str(claims["jti"]), claims.get("sid")
+        exp = int(claims["exp"])
+        principal = Principal(
+            id=sub,
+            kind="user",
+            roles=tuple(roles),
+            session_id=str(sid) if sid is not None else None,
+            token_id=jti,
+            token_exp=exp,
+        )
+        identity, resign_at = self._sign(principal)
+        p = self.prefix
+        keys = [f"{p}revoked:jti:{jti}".encode(), f"{p}user:{sub}:not_before".encode()]
+        if sid is not None:
+            keys.append(f"{p}revoked:sid:{sid}".encode())
+        return Verified(principal, exp + self.leeway, identity, resign_at, tuple(keys),
+                        int(claims["iat"]))  # fmt: skip
+
+    async def _check_revoked(self, token: str, verified: Verified) -> None:
+        principal = verified.principal
+        if principal.token_id in self.revoked_jti or principal.session_id in self.revoked_sid:
+            self.tokens.pop(token, None)
+            raise _fail("revoked", "the access token has been revoked")
+        try:
+            values = await self.revocations.mget(verified.keys)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            if self.fail_open:
+                _log.warning("revocation check skipped: redis unavailable", error=str(exc))
+                return
+            raise UpstreamUnavailable("authentication is temporarily unavailable") from None
+        revoked = values[0] is not None or (len(values) > 2 and values[2] is not None)
+        not_before = values[1]
+        if not revoked and not_before is not None:
+            try:
+                revoked = verified.iat < int(float(not_before))
+            except ValueError:
+                revoked = True  # unreadable means we cannot prove the token is still good
+        if revoked:
+            self.tokens.pop(token, None)
+            raise _fail("revoked", "the access token has been revoked")
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def _api_key(self, key: str) -> Verified:
+        if not key.startswith("pk_") or len(key) > _MAX_API_KEY:
+            raise _fail("invalid_api_key", "invalid API key")
+        cached = self.api_keys.get(key)
+        now = time.time()
+        if isinstance(cached, Verified) and cached.expires > now:
+            return cached
+        if isinstance(cached, float) and cached > now:
+            raise _fail("invalid_api_key", "invalid API key")
+        future = self._resolving.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._resolving[key] = future
+            try:
+                result = await self._resolve(key)
+                future.set_result(result)
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except Exception as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved here; concurrent waiters re-raise it themselves
+                raise
+            finally:
+                del self._resolving[key]
+        else:
+            result = await asyncio.shield(future)
+        if result is None:
+            raise _fail("invalid_api_key", "invalid API key")
+        return result
+
+    async def _resolve(self, key: str) -> Verified | None:
+        instance = self.users.pick()
+        if instance is None or self.users.session is None or not self.users.breaker.allow():
+            raise UpstreamUnavailable("authentication is temporarily unavailable")
+        try:
+            async with self.users.session.post(
+                f"{instance.base}/internal/v1/api-keys/resolve",
+                data=orjson.dumps({"key": key}),
+                headers={
+                    IDENTITY_HEADER: self.service_identity(),
+                    "Content-Type": "application/json",
+                },
+                timeout=aiohttp.ClientTimeout(total=3),
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            self.users.failed(instance)
+            raise UpstreamUnavailable("authentication is temporarily unavailable") from None
+        self.users.succeeded(instance)
+        now = time.time()
+        if status == 404:
+            self.api_keys[key] = now + min(_NEGATIVE_KEY_SECONDS, self.apikey_seconds)
+            return None
+        if status != 200:
+            _log.warning("api key resolve failed", status=status)
+            raise UpstreamUnavailable("authentication is temporarily unavailable")
+        try:
+            data = orjson.loads(body)
+            principal = Principal(
+                id=str(data["user_id"]),
+                kind="api_key",
+                roles=tuple(str(r) for r in data.get("roles", ["user"])),
+                scopes=tuple(str(s) for s in data.get("scopes", [])),
+                tier=str(data.get("tier") or "free"),
+                key_id=str(data["key_id"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            _log.warning("api key resolve answered garbage")
+            raise UpstreamUnavailable("authentication is temporarily unavailable") from None
+        identity, resign_at = self._sign(principal)
+        verified = Verified(principal, now + self.apikey_seconds, identity, resign_at)
+        if len(self.api_keys) >= self.cache_size:
+            del self.api_keys[next(iter(self.api_keys))]
+        self.api_keys[key] = verified
+        return verified
+
+    # -- invalidation (revocation channel) ------------------------------------------------
+
+    def on_revocation(self, kind: str, value: str) -> None:
+        """Apply a `portico:revocations` message to the in-process caches."""
+        horizon = time.time() + 3600
+        if kind == "jti":
+            self.revoked_jti[value] = horizon
+        elif kind == "sid":
+            self.revoked_sid[value] = horizon
+        if kind in ("user", "*"):
+            for token, verified in list(self.tokens.items()):
+                if kind == "*" or verified.principal.id == value:
+                    del self.tokens[token]
+        if kind in ("apikey", "user", "*"):
+            # The value may be a key id or a user id; keys are cheap to re-resolve, drop them all.
+            self.api_keys.clear()
+        self._expire_denylists()
+
+    def _expire_denylists(self) -> None:
+        now = time.time()
+        for table in (self.revoked_jti, self.revoked_sid):
+            if len(table) > 10_000:
+                for name, until in list(table.items()):
+                    if until < now:
+                        del table[name]

@@ -1,0 +1,86 @@
+"""What the cache stores: the compact binary form of a cached response, and the upstream answer
+the gateway hands to the cache stage.
+
+A HIT decodes one small fixed header, a short orjson metadata block (ETag, client headers, tags)
+and slices the body: no pydantic, no JSON over the body, no compression work.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import orjson
+from multidict import CIMultiDict
+
+__all__ = ["BufferedResponse", "Entry", "decode_entry", "encode_entry"]
+
+# version, flags, status, stored_at, ttl, metadata length
+_HEAD = struct.Struct("!BBHddI")
+_VERSION = 1
+_GZIPPED = 0x01
+
+
+@dataclass(slots=True)
+class BufferedResponse:
+    """A fully read upstream answer to a GET (what the gateway's `fetch()` returns)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Entry:
+    """A cached response; `headers` are the client-facing headers (ETag and Vary included)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes  # gzip-encoded when `gzipped`
+    gzipped: bool
+    etag: str
+    stored_at: float
+    ttl: float
+    tags: list[str]
+    # Built once per decoded entry and copied per answer (a C-level copy), never stored.
+    prepared: CIMultiDict[str] | None = field(default=None, compare=False, repr=False)
+
+    def response_headers(self) -> CIMultiDict[str]:
+        """A fresh, mutable copy of the client-facing headers."""
+        if self.prepared is None:
+            self.prepared = CIMultiDict(self.headers)
+        return self.prepared.copy()
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + 256
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The bytes stored in Redis."""
+    meta = orjson.dumps([entry.etag, entry.headers, entry.tags])
+    flags = _GZIPPED if entry.gzipped else 0
+    head = _HEAD.pack(_VERSION, flags, entry.status, entry.stored_at, entry.ttl, len(meta))
+    return b"".join((head, meta, entry.body))
+
+
+def decode_entry(raw: bytes) -> Entry | None:
+    """The entry in `raw`, or None when it is from another format version or corrupt."""
+    try:
+        version, flags, status, stored_at, ttl, meta_len = _HEAD.unpack_from(raw)
+        if version != _VERSION:
+            return None
+        start = _HEAD.size
+        etag, headers, tags = orjson.loads(raw[start : start + meta_len])
+    except (struct.error, orjson.JSONDecodeError, ValueError, TypeError):
+        return None
+    return Entry(
+        status=status,
+        headers=[(name, value) for name, value in headers],
+        body=raw[start + meta_len :],
+        gzipped=bool(flags & _GZIPPED),
+        etag=etag,
+        stored_at=stored_at,
+        ttl=ttl,
+        tags=tags,
+    )

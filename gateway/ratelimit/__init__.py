@@ -1,0 +1,18 @@
+"""Gateway rate limits and daily quotas: GCRA in one Redis script, exact across instances.
+
+`RateLimitConfig` is the `rate_limits:` section of routes.yaml; `RateLimitStage.evaluate` decides a
+request (raising RateLimited / QuotaExceeded); `RateDecision.headers()` gives RateLimit-* headers.
+"""
+
+from gateway.ratelimit.config import FailureMode, Policy, RateLimitConfig
+from gateway.ratelimit.resp import RespClient
+from gateway.ratelimit.stage import RateDecision, RateLimitStage
+
+__all__ = [
+    "FailureMode",
+    "Policy",
+    "RateDecision",
+    "RateLimitConfig",
+    "RateLimitStage",
+    "RespClient",
+]

@@ -1,0 +1,39 @@
+"""What the gateway expects from the rate-limit and cache stages (`gateway/ratelimit/`,
+`gateway/cache/`): structural types, so the core does not depend on their internals."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from libs.common.identity import Principal
+
+__all__ = ["CacheStageLike", "RateDecisionLike", "RateLimitStageLike"]
+
+
+class RateDecisionLike(Protocol):
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class RateLimitStageLike(Protocol):
+    async def evaluate(
+        self, *, route_policy: str | None, client_ip: str, principal: Principal | None
+    ) -> RateDecisionLike | None: ...
+
+    async def usage(self, *, principal: Principal | None, client_ip: str) -> dict[str, Any]: ...
+
+
+class CacheStageLike(Protocol):
+    async def handle(
+        self,
+        request: web.Request,
+        *,
+        policy: Any,
+        principal: Principal | None,
+        fetch: Callable[[], Awaitable[Any]],
+        route: str | None = None,
+    ) -> web.StreamResponse: ...
+
+    async def purge_after_write(self, response_headers: Any) -> None: ...

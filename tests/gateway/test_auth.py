@@ -1,0 +1,274 @@
+"""Edge authentication: JWTs verified locally, every kind of bad token refused, revocation within
+one request, API keys with scopes, identity headers from clients never reaching a service."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from libs.common.identity import IDENTITY_HEADER, Principal, sign_identity, verify_identity
+from tests.conftest import TEST_SECRET
+from tests.gateway.conftest import Signer, Upstream, assert_problem, b64, unsigned_token
+
+API_KEY = "pk_abcdefgh_s3cret"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def metric(gateway: Any, name: str) -> float:
+    text = await (await gateway.get("/metrics")).text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name))  # fmt: skip
+
+
+async def test_required_route_refuses_anonymous(gateway: Any, orgs: Upstream) -> None:
+    response = await gateway.get("/api/v1/private")
+    await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert orgs.recorder.hits == []
+
+
+async def test_valid_token_reaches_service_with_signed_identity(
+    gateway: Any, signer: Signer, orgs: Upstream
+) -> None:
+    token = signer.token("user-7", roles=["user", "admin"])
+    response = await gateway.get("/api/v1/private", headers=bearer(token))
+    assert response.status == 200
+    forwarded = orgs.recorder.hits[0]["headers"]
+    who = verify_identity(forwarded[IDENTITY_HEADER], TEST_SECRET)
+    assert (who.id, who.kind, who.roles) == ("user-7", "user", ("user", "admin"))
+    assert who.token_id is not None
+    assert who.session_id is not None
+
+
+async def test_optional_route_accepts_anonymous_and_users(
+    gateway: Any, signer: Signer, orgs: Upstream
+) -> None:
+    anonymous = await (await gateway.get("/api/v1/optional")).json()
+    assert anonymous["principal"] is None
+    signed_in = await gateway.get("/api/v1/optional", headers=bearer(signer.token("u2")))
+    assert (await signed_in.json())["principal"]["id"] == "u2"
+    # A bad token on an optional route is refused, not silently downgraded to anonymous.
+    bad = await gateway.get("/api/v1/optional", headers=bearer("garbage"))
+    await assert_problem(bad, 401, "UNAUTHENTICATED")
+
+
+async def test_public_route_forwards_no_identity(
+    gateway: Any, signer: Signer, orgs: Upstream
+) -> None:
+    response = await gateway.get("/api/v1/public", headers=bearer("not-even-a-token"))
+    assert response.status == 200
+    assert IDENTITY_HEADER not in orgs.recorder.hits[0]["headers"]
+
+
+def tampered(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "someone-else"
+    return f"{header}.{b64(orjson.dumps(claims))}.{signature}"
+
+
+BAD_TOKENS: dict[str, Any] = {
+    "tampered": lambda s: tampered(s.token()),
+    "expired": lambda s: s.token(exp=int(time.time()) - 120, iat=int(time.time()) - 1000),
+    "not_yet_valid": lambda s: s.token(nbf=int(time.time()) + 600),
+    "wrong_issuer": lambda s: s.token(iss="evil"),
+    "wrong_audience": lambda s: s.token(aud="other-api"),
+    "missing_exp": lambda s: s.token(exp=None),
+    "missing_jti": lambda s: s.token(jti=None),
+    "alg_none": lambda s: unsigned_token({"alg": "none", "kid": "k1"}, s.claims(), None),
+    "hs256_with_public_key": lambda s: unsigned_token(
+        {"alg": "HS256", "kid": "k1", "typ": "JWT"}, s.claims(), s.public_pem()
+    ),
+    "unknown_kid": lambda s: (s.add_key("rogue", publish=False), s.token(kid="rogue"))[1],
+    "not_a_jwt": lambda s: "abc.def",
+    "empty_signature": lambda s: s.token().rsplit(".", 1)[0] + ".",
+    "garbage_header": lambda s: "!!!." + s.token().split(".", 1)[1],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
+async def test_bad_token_is_refused(
+    gateway: Any, signer: Signer, orgs: Upstream, kind: str
+) -> None:
+    token = BAD_TOKENS[kind](signer)
+    response = await gateway.get("/api/v1/private", headers=bearer(token))
+    body = await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert token not in orjson.dumps(body).decode()
+    assert orgs.recorder.hits == []
+
+
+@pytest.mark.parametrize("value", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "token"])
+async def test_malformed_authorization_header(gateway: Any, orgs: Upstream, value: str) -> None:
+    response = await gateway.get("/api/v1/private", headers={"Authorization": value})
+    await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert orgs.recorder.hits == []
+
+
+async def test_auth_failures_are_counted_by_reason(gateway: Any, signer: Signer) -> None:
+    before = await metric(gateway, 'gateway_auth_failures_total{reason="wrong_audience"}')
+    await gateway.get("/api/v1/private", headers=bearer(signer.token(aud="x")))
+    after = await metric(gateway, 'gateway_auth_failures_total{reason="wrong_audience"}')
+    assert after == before + 1
+
+
+async def test_jwks_is_cached_not_fetched_per_request(
+    gateway: Any, signer: Signer, users: Upstream
+) -> None:
+    for _ in range(5):
+        response = await gateway.get("/api/v1/private", headers=bearer(signer.token()))
+        assert response.status == 200
+    assert users.recorder.jwks_fetches == 1  # the start-up warm-up
+
+
+async def test_rotated_key_is_picked_up_on_unknown_kid(
+    gateway: Any, signer: Signer, users: Upstream
+) -> None:
+    signer.add_key("k2")  # users rotates: k2 signs, k1 still verifies
+    new = await gateway.get("/api/v1/private", headers=bearer(signer.token(kid="k2")))
+    old = await gateway.get("/api/v1/private", headers=bearer(signer.token(kid="k1")))
+    assert (new.status, old.status) == (200, 200)
+    assert users.recorder.jwks_fetches == 2
+
+
+async def test_unknown_kid_refreshes_are_rate_limited(
+    make_gateway: Any, signer: Signer, users: Upstream
+) -> None:
+    gateway = await make_gateway(jwks_min_refresh_seconds=60)
+    signer.add_key("rogue", publish=False)
+    for _ in range(5):
+        response = await gateway.get("/api/v1/private", headers=bearer(signer.token(kid="rogue")))
+        await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert users.recorder.jwks_fetches == 1
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> Any:
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["jti", "sid", "not_before"])
+async def test_revoked_token_is_refused_on_the_next_request(
+    gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream, kind: str
+) -> None:
+    claims = signer.claims("user-9", iat=int(time.time()) - 10)
+    token = signer.token("user-9", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+    if kind == "jti":
+        await redis.set(f"{redis_prefix}revoked:jti:{claims['jti']}", "1", ex=900)
+    elif kind == "sid":
+        await redis.set(f"{redis_prefix}revoked:sid:{claims['sid']}", "1", ex=960)
+    else:
+        await redis.set(f"{redis_prefix}user:user-9:not_before", str(int(time.time())), ex=960)
+    # No pub/sub message needed: the very next request sees it.
+    response = await gateway.get("/api/v1/private", headers=bearer(token))
+    await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert len(orgs.recorder.hits) == 1
+
+
+async def test_token_issued_after_not_before_still_works(
+    gateway: Any, signer: Signer, redis: Any, redis_prefix: str
+) -> None:
+    now = int(time.time())
+    await redis.set(f"{redis_prefix}user:user-3:not_before", str(now - 100), ex=60)
+    response = await gateway.get("/api/v1/private", headers=bearer(signer.token("user-3")))
+    assert response.status == 200
+
+
+async def test_revocation_fails_closed_when_redis_is_down(
+    make_gateway: Any, signer: Signer, orgs: Upstream
+) -> None:
+    from libs.common.embedded import free_port
+
+    gateway = await make_gateway(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    response = await gateway.get("/api/v1/private", headers=bearer(signer.token()))
+    await assert_problem(response, 503, "UPSTREAM_UNAVAILABLE")
+    assert orgs.recorder.hits == []
+
+
+@pytest.fixture
+def api_key(users: Upstream) -> str:
+    users.recorder.api_keys[API_KEY] = {
+        "key_id": "key-1", "user_id": "user-5", "scopes": ["things:read"], "tier": "pro",
+        "roles": ["user"],
+    }  # fmt: skip
+    return API_KEY
+
+
+async def test_api_key_scopes_are_enforced(
+    gateway: Any, api_key: str, orgs: Upstream, users: Upstream
+) -> None:
+    headers = {"X-API-Key": api_key}
+    allowed = await gateway.get("/api/v1/things/1", headers=headers)
+    assert allowed.status == 200
+    principal = (await allowed.json())["principal"]
+    assert principal == {"id": "user-5", "kind": "api_key", "scopes": ["things:read"]}
+    await assert_problem(await gateway.put("/api/v1/things/1", headers=headers), 403, "FORBIDDEN")
+    await assert_problem(await gateway.get("/api/v1/users-only", headers=headers), 403,
+                         "FORBIDDEN")  # fmt: skip
+    assert orgs.recorder.paths() == ["/api/v1/things/1"]
+    assert users.recorder.resolves == 1
+
+
+async def test_unknown_or_malformed_api_key_is_401(
+    gateway: Any, users: Upstream, orgs: Upstream
+) -> None:
+    for key in ("pk_unknown_x", "not-a-key", "pk_" + "x" * 500):
+        response = await gateway.get("/api/v1/things/1", headers={"X-API-Key": key})
+        body = await assert_problem(response, 401, "UNAUTHENTICATED")
+        assert key not in orjson.dumps(body).decode()
+    assert users.recorder.resolves == 1  # malformed keys never reach the users service
+    assert orgs.recorder.hits == []
+
+
+async def test_api_key_cache_is_invalidated_by_revocation_message(
+    gateway: Any, api_key: str, users: Upstream, redis: Any, redis_prefix: str
+) -> None:
+    headers = {"X-API-Key": api_key}
+    assert (await gateway.get("/api/v1/things/1", headers=headers)).status == 200
+    assert (await gateway.get("/api/v1/things/1", headers=headers)).status == 200
+    assert users.recorder.resolves == 1
+    del users.recorder.api_keys[api_key]  # the key is deleted in the users service
+    message = orjson.dumps({"kind": "apikey", "value": "key-1"})
+    for _ in range(200):
+        if await redis.publish(f"{redis_prefix}revocations", message):
+            break
+        await asyncio.sleep(0.02)  # the gateway's subscription is still starting
+    for _ in range(200):
+        response = await gateway.get("/api/v1/things/1", headers=headers)
+        if response.status == 401:
+            break
+        await asyncio.sleep(0.02)
+    await assert_problem(response, 401, "UNAUTHENTICATED")
+
+
+async def test_client_identity_headers_never_reach_a_service(
+    gateway: Any, signer: Signer, orgs: Upstream
+) -> None:
+    forged = sign_identity(Principal(id="admin", roles=("admin",)), "guessed-secret")
+    sneaky = {
+        IDENTITY_HEADER: forged, "X-User-Id": "admin", "X-User-Roles": "admin",
+        "X-Principal": "admin", "X-Principal-Id": "admin", "X-Portico-Anything": "x",
+        "X-Forwarded-For": "1.2.3.4", "Forwarded": "for=1.2.3.4",
+    }  # fmt: skip
+    await gateway.get("/api/v1/public", headers=sneaky)
+    await gateway.get("/api/v1/private", headers={**sneaky, **bearer(signer.token("u1"))})
+    public, private = (hit["headers"] for hit in orgs.recorder.hits)
+    lowered = [{k.lower(): v for k, v in h.items()} for h in (public, private)]
+    for headers in lowered:
+        assert not [k for k in headers if k.startswith(("x-user", "x-principal"))]
+        assert "x-portico-anything" not in headers
+        assert "forwarded" not in headers
+        assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert "x-portico-identity" not in lowered[0]
+    assert verify_identity(lowered[1]["x-portico-identity"], TEST_SECRET).id == "u1"
