@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from gateway.accesslog import AccessLog
 from gateway.auth import Authenticator, Jwks, Verified
 from gateway.edge import CLIENT_IP, EDGE, Edge, client_ip
+from gateway.events import events_ctx
 from gateway.openapi import DOCS_HTML, OpenApiAggregator
 from gateway.proxy import (
     HOP_BY_HOP,
@@ -548,6 +549,8 @@ def create_app(
         app.cleanup_ctx.append(_cache_ctx(settings, gateway))
     if ratelimit is None and settings.ratelimit_enabled:
         app.cleanup_ctx.append(_ratelimit_ctx(settings, gateway))
+    # After the cache stage: the consumer purges through it.
+    app.cleanup_ctx.append(events_ctx(settings, gateway))
 
     async def start_draining(_: web.Application) -> None:
         gateway.draining = True
@@ -575,7 +578,7 @@ def _cache_ctx(
             yield
             return
         client = connect_redis(settings.redis_url)
-        stage = stage_class(client, key_prefix=settings.redis_prefix)
+        stage = stage_class(client, key_prefix=settings.redis_prefix, reader=gateway.revocations)
         gateway.cache = stage
         try:
             yield

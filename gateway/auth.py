@@ -80,6 +80,7 @@ class Jwks:
         self.attempted_at = time.monotonic()
         instance = self.users.pick()
         if instance is None or self.users.session is None:
+            self._failed()
             return
         try:
             async with self.users.session.get(
@@ -87,10 +88,12 @@ class Jwks:
             ) as response:
                 if response.status != 200:
                     _log.warning("jwks fetch failed", status=response.status)
+                    self._failed()
                     return
                 document = orjson.loads(await response.read())
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
             _log.warning("jwks fetch failed", error=type(exc).__name__)
+            self._failed()
             return
         keys: dict[str, Any] = {}
         for entry in document.get("keys", []) if isinstance(document, dict) else []:
@@ -106,6 +109,11 @@ class Jwks:
         self.keys = keys
         self.fetched_at = time.monotonic()
 
+    def _failed(self) -> None:
+        # A failed fetch (users starting later than the gateway, say) may be retried after a
+        # short pause, not after the full `min_refresh` meant for unknown-kid floods.
+        self.attempted_at = time.monotonic() - self.min_refresh + min(self.min_refresh, 1.0)
+
     async def refresh(self) -> None:
         """Fetch now, sharing one in-flight fetch between concurrent callers."""
         if self._inflight is None or self._inflight.done():
@@ -120,7 +128,9 @@ class Jwks:
                 self.attempted_at = now
                 self._inflight = asyncio.create_task(self._fetch())
             return key
-        if now - self.attempted_at >= self.min_refresh:
+        if not self.keys or now - self.attempted_at >= self.min_refresh:
+            # With no keys at all (users was not up when we started) every token is unknown:
+            # fetch now rather than refuse everyone until the rate limit allows.
             await self.refresh()
         elif self._inflight is not None and not self._inflight.done():
             await asyncio.shield(self._inflight)

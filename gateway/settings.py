@@ -45,6 +45,8 @@ class Settings(BaseServiceSettings):
     cache_enabled: bool = True
     # The rate-limit stage (gateway/ratelimit), configured by the `rate_limits:` section.
     ratelimit_enabled: bool = True
+    # Consume every bus event to purge cache tags and auth caches on this instance.
+    events_enabled: bool = True
     # Body-less idempotent requests use the lean HTTP/1.1 client (gateway/h1client.py).
     fast_client: bool = True
 

@@ -105,6 +105,8 @@ class Stack:
                 "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}",
                 "PORTICO_INTERNAL_SECRET": self.secret,
                 "PORTICO_REDIS_PREFIX": f"e2e:{self.token}:",
+                # Its own vhost already isolates it; a non-default name turns the bus on in tests.
+                "PORTICO_EVENTS_EXCHANGE": "portico.events.e2e",
             }
         )
         return env
@@ -124,6 +126,7 @@ class Stack:
             env[f"PORTICO_{upper}_PORT"] = str(ports[name])
             env[f"PORTICO_GATEWAY_{upper}_URLS"] = f"http://127.0.0.1:{ports[name]}"
         env["PORTICO_GATEWAY_PORT"] = str(ports["gateway"])
+        env["PORTICO_ORGS_USERS_URL"] = f"http://127.0.0.1:{ports['users']}"
         env["PORTICO_GATEWAY_WORKERS"] = "1"
         env["PORTICO_FILES_STORAGE_PATH"] = str(self.directory / "objects")
         env["PORTICO_FILES_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{ports['gateway']}"
