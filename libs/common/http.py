@@ -160,7 +160,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = _http_exception_to_error(exc)
         return problem_response(error, request_id_of(request))
     except Exception:
-        _log.exception("unhandled error", path=request.path)
+        # The route template, not the path: paths can carry secrets (invitation tokens).
+        _log.exception("unhandled error", route=route_template(request))
         return problem_response(Internal(), request_id_of(request))
 
 

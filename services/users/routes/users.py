@@ -46,8 +46,10 @@ async def update_me(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/users/me")
 async def delete_me(request: web.Request) -> web.Response:
-    await request.app[ACCOUNTS].delete(caller=caller_of(request), info=request_info(request))
-    return web.Response(status=204)
+    caller = caller_of(request)
+    await request.app[ACCOUNTS].delete(caller=caller, info=request_info(request))
+    # The tag lets the gateway purge the cached profile before the `user.deleted` event arrives.
+    return web.Response(status=204, headers=user_tag(caller.id))
 
 
 @routes.get("/api/v1/users")
