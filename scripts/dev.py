@@ -17,7 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -104,7 +107,8 @@ async def main() -> int:
 
     children: list[asyncio.subprocess.Process] = []
     pumps = []
-    for name, module, _port in PROCESSES:
+
+    async def spawn(name: str, module: str) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module,
             cwd=ROOT, env=env,
@@ -120,20 +124,27 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    async def ready() -> None:
-        import aiohttp
+    async def wait_ready(http: Any, name: str, port: int) -> None:
+        url = f"http://127.0.0.1:{port}/readyz"
+        for _ in range(120):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.5)
+        say(f"{name} is not ready at {url}")
 
+    async def ready() -> None:
+        # Services first, the gateway once they answer: it would otherwise start by ejecting
+        # instances that are merely still booting.
         async with aiohttp.ClientSession() as http:
-            for name, _module, port in PROCESSES:
-                url = f"http://127.0.0.1:{port}/readyz"
-                for _ in range(120):
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                            if r.status == 200:
-                                break
-                    await asyncio.sleep(0.5)
-                else:
-                    say(f"{name} is not ready at {url}")
+            for name, module, _port in PROCESSES[:-1]:
+                await spawn(name, module)
+            for name, _module, port in PROCESSES[:-1]:
+                await wait_ready(http, name, port)
+            name, module, port = PROCESSES[-1]
+            await spawn(name, module)
+            await wait_ready(http, name, port)
         say("Portico is up:")
         say("  gateway  http://127.0.0.1:8080   (public API, /docs, /openapi.json)")
         for name, _module, port in PROCESSES[:-1]:
@@ -142,21 +153,31 @@ async def main() -> int:
         say("Ctrl-C stops everything.")
 
     ready_task = asyncio.create_task(ready())
-    waiters = [asyncio.create_task(child.wait()) for child in children]
     stop_task = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stop_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
+
+    async def any_exit() -> None:
+        # A child that dies while the platform runs stops everything (a supervisor would restart).
+        while True:
+            for child in children:
+                if child.returncode is not None:
+                    return
+            await asyncio.sleep(0.5)
+
+    exit_task = asyncio.create_task(any_exit())
+    done, _ = await asyncio.wait([stop_task, exit_task], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if stop_task not in done:
         say("a process exited; stopping the platform")
         code = 1
     ready_task.cancel()
+    exit_task.cancel()
     say("stopping ...")
     for child in reversed(children):
         if child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(asyncio.gather(*waiters), timeout=20)
+        await asyncio.wait_for(asyncio.gather(*(c.wait() for c in children)), timeout=20)
     except TimeoutError:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
