@@ -36,8 +36,14 @@ fmt: $(STAMP) ## format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) ## run the benchmarks under bench/ and write the report
-	$(PY) -m bench
+bench: $(STAMP) ## run the benchmark suite (bench/suite) and write bench/report.md + .json
+	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    wrk nginx </dev/null; \
+	fi
+	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy==0.4.1
+	$(PY) -m bench $(BENCH_ARGS)
 
 bench-files: $(STAMP) ## files service: upload/download MB/s vs raw disk, peak RSS (1 GiB)
 	$(PY) -m bench.files --size-mib 1024

@@ -36,7 +36,7 @@ def _serve(settings: Settings, *, reuse_port: bool) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_routes, app)
 
     app.on_startup.append(on_sighup)
-    run_app(app, settings, reuse_port=reuse_port)
+    run_app(app, settings, reuse_port=reuse_port, keepalive_timeout=settings.client_idle_timeout)
 
 
 def _spawn(settings: Settings) -> int:

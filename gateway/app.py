@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from gateway.accesslog import AccessLog
@@ -41,8 +42,10 @@ from gateway.revocation import MGetClient, RevocationListener
 from gateway.routing import Route, RouteTable, RouteTableError, load_route_table
 from gateway.settings import Settings, split_list
 from gateway.stages import CacheStageLike, RateLimitStageLike
+from gateway.tally import RequestTally
 from gateway.upstreams import CircuitBreaker, RetryBudget, Upstream, UpstreamPools
 from libs.common.errors import (
+    Forbidden,
     Internal,
     MethodNotAllowed,
     NotFound,
@@ -53,7 +56,6 @@ from libs.common.errors import (
 )
 from libs.common.http import PRINCIPAL, REQUEST_ID, problem_response, sane_request_id
 from libs.common.identity import Principal
-from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from libs.common.redis import connect_redis
 
 __all__ = ["GATEWAY", "Gateway", "create_app", "reload_routes"]
@@ -95,7 +97,7 @@ class Gateway:
     readiness: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
     draining: bool = False
     access_log: AccessLog | None = None
-    labels: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
+    tally: RequestTally = field(default_factory=RequestTally)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -148,9 +150,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     label = ["unmatched"]
     status = 500
     response: web.StreamResponse | None = None
+    decorated = False
     try:
         try:
             response = await _pipeline(request, gateway, request_id, label)
+            # A relayed response already carries the request id and the edge headers.
+            decorated = request.get(_PREPARED, False)
         except PorticoError as exc:
             response = problem_response(exc, request_id)
         except asyncio.CancelledError:
@@ -170,21 +175,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             _log.exception("unhandled gateway error", request_id=request_id)
             response = problem_response(Internal(), request_id)
         status = response.status
-        if not response.prepared:
+        if not response.prepared and not decorated:
             response.headers["X-Request-ID"] = request_id
             gateway.edge.decorate(request, response.headers)
         return response
     finally:
         elapsed = time.perf_counter() - started
-        key = (label[0], request.method, str(status))
-        children = gateway.labels.get(key)
-        if children is None:
-            labels = ("gateway", label[0], request.method, str(status))
-            children = (HTTP_REQUESTS.labels(*labels), HTTP_REQUEST_DURATION.labels(*labels))
-            if len(gateway.labels) < 5000:
-                gateway.labels[key] = children
-        children[0].inc()
-        children[1].observe(elapsed)
+        gateway.tally.add(label[0], request.method, status, elapsed)
         if gateway.access_log is not None:
             who = request.get(PRINCIPAL)
             gateway.access_log.request(
@@ -225,6 +222,8 @@ async def _pipeline(
     method = request.method
     headers = request.headers
     if method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers:
+        if gateway.edge.allowed_origin(headers["Origin"]) is None:
+            raise Forbidden("this origin is not allowed")  # a problem+json 403, no CORS headers
         return gateway.edge.preflight(request, match.allowed())
     route = match.by_method.get(method)
     if route is None:
@@ -441,7 +440,8 @@ async def _readyz(request: web.Request) -> web.Response:
                         content_type="application/problem+json")  # fmt: skip
 
 
-async def _metrics(_: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.Response:
+    request.app[GATEWAY].tally.flush()  # this worker's pending request counts
     return web.Response(body=generate_latest(REGISTRY),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 
@@ -556,13 +556,36 @@ def create_app(
         gateway.draining = True
 
     async def flush_access_log(_: web.Application) -> None:
+        gateway.tally.flush()
         if gateway.access_log is not None:
             gateway.access_log.flush()
 
     app.on_shutdown.append(start_draining)
     app.on_cleanup.append(flush_access_log)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    # `[\s\S]`, not `.`: a path with an encoded newline must reach `handle` too (problem+json 404),
+    # not aiohttp's plain-text default.
+    route = app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
+    _bypass_router(app, route)
     return app
+
+
+def _bypass_router(app: web.Application, route: web.AbstractRoute) -> None:
+    """Skip aiohttp's per-request router resolution: the app has one catch-all route and no
+    middlewares, so every request gets the same frozen match info and goes straight to
+    `handle`. Requests with `Expect:` keep aiohttp's path (it answers 100-continue), and so does
+    everything once someone adds a middleware."""
+    match_info = UrlMappingMatchInfo({"tail": ""}, route)
+    match_info.add_app(app)
+    match_info.freeze()
+    routed = app._handle
+
+    async def direct(request: web.Request) -> web.StreamResponse:
+        if "Expect" in request.headers or app.middlewares:
+            return await routed(request)
+        request._match_info = match_info
+        return await handle(request)
+
+    app._handle = direct  # type: ignore[method-assign]
 
 
 def _cache_ctx(

@@ -242,7 +242,7 @@ class Authenticator:
     async def _verify(self, token: str) -> Verified:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # DecodeError, or a header PyJWT refuses (non-string kid)
             raise _fail("malformed") from None
         if header.get("alg") != "EdDSA":
             raise _fail("bad_algorithm")

@@ -70,13 +70,16 @@ class Edge:
 
     def behind_tls(self, request: web.Request) -> bool:
         if (
+            self.networks
+            and request.headers.get("X-Forwarded-Proto") == "https"
+            and self.is_trusted(request.remote or "")
+        ):
+            return True
+        return bool(
             request.secure
             and request.transport is not None
             and request.transport.get_extra_info("sslcontext")
-        ):
-            return True
-        proto = request.headers.get("X-Forwarded-Proto")
-        return proto == "https" and self.is_trusted(request.remote or "")
+        )
 
     def allowed_origin(self, origin: str) -> str | None:
         if origin in self.origins:

@@ -107,6 +107,11 @@ class H1Response:
             await self._wait()
 
     async def read(self) -> bytes:
+        if self._done and self._error is None:  # the whole body already arrived (small bodies)
+            parts = list(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         parts = [chunk async for chunk in self.chunks()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -394,16 +399,23 @@ class H1Pool:
         one (safe: only idempotent methods come here), as every HTTP client does.
         """
         timeout = read_timeout
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: ".encode(), self.authority, b"\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        lines.append(b"\r\n")
-        payload = b"".join(lines)
+        head = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        payload = b"".join((
+            f"{method} {target} HTTP/1.1\r\nHost: ".encode(), self.authority, b"\r\n",
+            head.encode("utf-8", "surrogateescape"), b"\r\n",
+        ))  # fmt: skip
         no_body = method == "HEAD"
+        loop = asyncio.get_running_loop()
         for _ in range(2):
-            conn, reused = await self._acquire()
+            conn: _Connection | None = None
+            while self._idle and conn is None:  # inline: no coroutine when a connection idles
+                conn = self._idle.pop()
+                if conn.closed:
+                    conn = None
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self._acquire()
             waiter = conn.send(payload, no_body=no_body, timeout=timeout)
-            loop = asyncio.get_running_loop()
             timer = loop.call_later(timeout, _expire_head, waiter, conn)
             try:
                 return await waiter

@@ -129,6 +129,26 @@ def _rename_params(operation: dict[str, Any], service_path: str, template: str) 
     return operation
 
 
+def _common_errors(upstream: str, auth: str, operation: dict[str, Any]) -> list[str]:
+    """Error statuses an operation can answer beyond what its service documents: the gateway's
+    own (auth, scopes, rate limits, body limit, unreachable or slow upstream) and those of the
+    request parsing every service shares (libs/common/http.py: malformed JSON 400, body too
+    large 413, wrong media type 415, invalid body or query 422)."""
+    statuses = ["429"]
+    if auth == "required":
+        statuses += ["401", "403"]
+    if upstream != LOCAL_UPSTREAM:
+        statuses += ["503", "504"]
+    if "requestBody" in operation:
+        statuses += ["400", "413", "415", "422"]
+    parameters = [p for p in operation.get("parameters", []) or [] if isinstance(p, dict)]
+    if any(p.get("in") == "query" for p in parameters):
+        statuses += ["400", "422"]
+    if any(p.get("in") == "path" for p in parameters):
+        statuses += ["404"]
+    return statuses
+
+
 def merge(table: RouteTable, specs: dict[str, dict[str, Any] | None], *,
           version: str) -> dict[str, Any]:  # fmt: skip
     """The public OpenAPI 3.1 document for `table`, with operations taken from `specs`."""
@@ -177,6 +197,8 @@ def merge(table: RouteTable, specs: dict[str, dict[str, Any] | None], *,
             responses = operation.setdefault("responses", {})
             if not responses:
                 responses["default"] = _PROBLEM_RESPONSE
+            for status in _common_errors(route.upstream, route.auth, operation):
+                responses.setdefault(status, _PROBLEM_RESPONSE)
             item[method.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -20,7 +20,7 @@ from gateway.edge import Edge
 from gateway.h1client import H1Response
 from gateway.routing import IDEMPOTENT, Route
 from gateway.upstreams import UPSTREAM_DURATION, Upstream, backoff_delay
-from libs.common.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from libs.common.errors import BadRequest, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from libs.common.identity import IDENTITY_HEADER
 
 __all__ = [
@@ -81,7 +81,13 @@ def forward_headers(
     remote = request.remote or ""
     prior = headers.get("X-Forwarded-For")
     if prior and edge.is_trusted(remote):
-        out.append(("X-Forwarded-For", f"{prior}, {remote}"))
+        # Services read the first hop: start the chain at the real client (the hops a client
+        # wrote left of it are claims no trusted proxy vouches for).
+        hops = [hop.strip() for hop in prior.split(",") if hop.strip()]
+        start = next((i for i in reversed(range(len(hops))) if not edge.is_trusted(hops[i])), None)
+        if start is not None:
+            hops = [edge.client_ip(request), *hops[start + 1 :]]
+        out.append(("X-Forwarded-For", ", ".join([*hops, remote])))
     else:
         out.append(("X-Forwarded-For", remote))
     out.append(("X-Forwarded-Proto", "https" if edge.behind_tls(request) else "http"))
@@ -94,18 +100,18 @@ def forward_headers(
 
 def filter_response_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones (and those the gateway recomputes)."""
-    pairs = headers if isinstance(headers, list) else list(headers)
-    named: frozenset[str] | set[str] = frozenset()
-    for name, value in pairs:
-        if name.lower() == "connection":
-            named = {t.strip().lower() for t in value.split(",")}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
+    kept: list[tuple[str, str]] = []
+    named: set[str] | None = None
+    for name, value in headers:
         lower = name.lower()
-        if lower in _RESPONSE_DROP or lower in named:
+        if lower in _RESPONSE_DROP:
+            if lower == "connection":
+                named = {t.strip().lower() for t in value.split(",")}
             continue
-        out.add(name, value)
-    return out
+        kept.append((name, value))
+    if named:
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return CIMultiDict(kept)
 
 
 def is_compressible(content_type: str) -> bool:
@@ -113,23 +119,40 @@ def is_compressible(content_type: str) -> bool:
 
 
 class BodyLimit:
-    """Streams the request body upstream, refusing it once it grows past `limit` bytes."""
+    """Streams the request body upstream, refusing it once it grows past `limit` bytes or when
+    the client lets more than `idle` seconds pass between two chunks (a stalled upload must not
+    hold a gateway request and an upstream connection forever)."""
 
-    __slots__ = ("content", "exceeded", "limit", "seen")
+    __slots__ = ("content", "exceeded", "idle", "limit", "seen", "timed_out")
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+    def __init__(self, content: aiohttp.StreamReader, limit: int, idle: float) -> None:
         self.content = content
         self.limit = limit
+        self.idle = idle
         self.seen = 0
         self.exceeded = False
+        self.timed_out = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.content.iter_chunked(CHUNK):
+        while True:
+            try:
+                async with asyncio.timeout(self.idle):
+                    chunk = await self.content.read(CHUNK)
+            except TimeoutError:
+                self.timed_out = True
+                raise body_timeout() from None
+            if not chunk:
+                return
             self.seen += len(chunk)
             if self.seen > self.limit:
                 self.exceeded = True
                 raise PayloadTooLarge(f"the request body is limited to {self.limit} bytes")
             yield chunk
+
+
+def body_timeout() -> BadRequest:
+    """408: the client, not the service, was too slow (RFC 9110 §15.5.9)."""
+    return BadRequest("the request body did not arrive in time", status=408)
 
 
 async def send_upstream(
@@ -147,7 +170,7 @@ async def send_upstream(
     method = method or request.method
     body: BodyLimit | None = None
     if request.body_exists:
-        body = BodyLimit(request.content, route.body_limit)
+        body = BodyLimit(request.content, route.body_limit, route.timeout)
     # A consumed request body cannot be replayed, so only body-less idempotent requests retry.
     attempts = route.retries + 1 if method in IDEMPOTENT and body is None else 1
     fast = body is None and method in IDEMPOTENT
@@ -155,7 +178,7 @@ async def send_upstream(
     session = upstream.session
     assert session is not None
     path = request.raw_path
-    error: Exception = UpstreamUnavailable()
+    error: Exception | None = None
     previous = None
     breaker = upstream.breaker
     for attempt in range(attempts):
@@ -191,6 +214,9 @@ async def send_upstream(
             breaker.release_probe()
             raise
         except TimeoutError:
+            if body is not None and body.timed_out:
+                breaker.release_probe()
+                raise body_timeout() from None
             upstream.failed(instance)
             # A slow service is not retried: that would only double its load.
             raise UpstreamTimeout() from None
@@ -200,6 +226,9 @@ async def send_upstream(
                 raise PayloadTooLarge(
                     f"the request body is limited to {route.body_limit} bytes"
                 ) from None
+            if body is not None and body.timed_out:  # the client stalled, not the service
+                breaker.release_probe()
+                raise body_timeout() from None
             upstream.failed(instance)
             _log.warning(
                 "upstream failed", upstream=upstream.name, instance=instance.base,
@@ -219,7 +248,7 @@ async def send_upstream(
         else:
             upstream.succeeded(instance)
         return response
-    raise error
+    raise error if error is not None else UpstreamUnavailable()
 
 
 def raw_headers(response: Upstreamed) -> Iterable[tuple[str, str]]:

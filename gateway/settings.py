@@ -83,6 +83,9 @@ class Settings(BaseServiceSettings):
     cors_allow_credentials: bool = True
     cors_max_age: int = Field(600, ge=0)
     gzip_min_bytes: int = Field(1024, ge=0)
+    # A client connection with no complete request head within this many seconds (since it
+    # opened, or since its last response) is closed: idle keep-alives and slowloris alike.
+    client_idle_timeout: float = Field(75.0, gt=0)
     openapi_cache_seconds: float = Field(60.0, ge=0)
 
     def upstream_urls(self) -> dict[str, list[str]]:

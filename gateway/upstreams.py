@@ -192,6 +192,8 @@ class Upstream:
 
     def pick(self, exclude: Instance | None = None) -> Instance | None:
         """An available instance (not `exclude` when there is another)."""
+        if len(self.instances) == 1:
+            return self.instances[0]  # the only one, ejected or not (panic mode)
         now = time.monotonic()
         candidates = [i for i in self.instances if i.ejected_until <= now]
         if not candidates:

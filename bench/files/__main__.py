@@ -59,8 +59,13 @@ def raw_disk(path: Path, size_mib: int, block: bytes) -> tuple[float, float]:
     return write, read
 
 
-async def transfer(base: str, size_mib: int, block: bytes) -> dict[str, float | str]:
-    headers = {IDENTITY_HEADER: sign_identity(Principal(id="bench-user"), SECRET)}
+async def transfer(
+    base: str, size_mib: int, block: bytes, headers: dict[str, str] | None = None
+) -> dict[str, float | str]:
+    """Upload then download `size_mib` MiB; `headers` authenticate (default: an identity header
+    signed with SECRET, i.e. straight to the service)."""
+    if headers is None:
+        headers = {IDENTITY_HEADER: sign_identity(Principal(id="bench-user"), SECRET)}
 
     async def body() -> object:
         for _ in range(size_mib):

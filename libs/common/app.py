@@ -109,8 +109,12 @@ def run_app(
     settings: BaseServiceSettings,
     *,
     reuse_port: bool | None = None,
+    keepalive_timeout: float = 75.0,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then drain in-flight requests for `shutdown_timeout`."""
+    """Serve until SIGINT/SIGTERM, then drain in-flight requests for `shutdown_timeout`.
+
+    `keepalive_timeout` also bounds how long a new connection may take to send its first
+    request head (aiohttp closes a connection whose handler is still idle by then)."""
     configure_logging(
         level=settings.log_level, json=settings.log_json, service=settings.service_name
     )
@@ -125,4 +129,5 @@ def run_app(
         print=None,
         loop=uvloop.new_event_loop(),
         handler_cancellation=True,
+        keepalive_timeout=keepalive_timeout,
     )

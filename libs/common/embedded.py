@@ -48,9 +48,17 @@ class EmbeddedMongo:
     """A SecantusDB process on a free port; `url` connects to it."""
 
     def __init__(
-        self, *, storage: str | Path = ":memory:", port: int | None = None, log: Path | None = None
+        self,
+        *,
+        storage: str | Path = ":memory:",
+        port: int | None = None,
+        log: Path | None = None,
+        sync_on_commit: bool = False,
     ) -> None:
         self.port = port or free_port()
+        # Without it an acknowledged write can be lost when the server is killed (SIGKILL):
+        # commits reach the journal buffer, not the disk. Slower; for crash tests and deploys.
+        self.sync_on_commit = sync_on_commit
         self.storage = str(storage)
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -68,6 +76,7 @@ class EmbeddedMongo:
                 sys.executable, "-m", "secantus",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--storage-path", self.storage, "--log-level", "WARNING",
+                *(["--sync-on-commit"] if self.sync_on_commit else []),
             ],
             stdout=out,
             stderr=out,

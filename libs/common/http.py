@@ -13,6 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure
 
 from libs.common.errors import (
     BadRequest,
@@ -24,6 +25,7 @@ from libs.common.errors import (
     PorticoError,
     Unauthenticated,
     UnsupportedMediaType,
+    UpstreamUnavailable,
 )
 from libs.common.identity import IDENTITY_HEADER, IdentityError, Principal, verify_identity
 from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
@@ -159,6 +161,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         error = _http_exception_to_error(exc)
         return problem_response(error, request_id_of(request))
+    except ConnectionFailure as exc:
+        # The database is unreachable (down, restarting, failing over): the client may retry,
+        # so it is a 503 like any other unavailable dependency, not an opaque 500.
+        _log.warning("database unreachable", route=route_template(request),
+                     error=type(exc).__name__)  # fmt: skip
+        return problem_response(UpstreamUnavailable(), request_id_of(request))
     except Exception:
         # The route template, not the path: paths can carry secrets (invitation tokens).
         _log.exception("unhandled error", route=route_template(request))

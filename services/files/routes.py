@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from libs.common.errors import BadRequest, InvalidInput, RangeNotSatisfiable
 from libs.common.http import json_response, parse_query, principal
@@ -24,8 +25,9 @@ from services.files.schemas import FilePublic, FilesQuery, FileUrl, SignedQuery,
 routes = web.RouteTableDef()
 CHUNK = 256 * 1024
 _MAX_FIELD = 256
-# Errors aiohttp's multipart parser raises on a malformed body.
-_MALFORMED = (ValueError, AssertionError, RuntimeError, LookupError)
+# Errors aiohttp's multipart parser raises on a malformed body (a bad part header line raises
+# http_exceptions.InvalidHeader, an HttpProcessingError).
+_MALFORMED = (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError)
 
 
 def _surrogate_key(record: FileRecord) -> str:

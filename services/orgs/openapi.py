@@ -175,7 +175,17 @@ def _operation(
         str(status): {"description": "success"}
         | ({"content": {"application/json": {"schema": _ref(result)}}} if result else {}),
     }
-    for code, why in (("401", "unauthenticated"), ("404", "not found (or not a member)")):
+    errors = [("401", "unauthenticated"), ("403", "your role does not allow this")]
+    errors.append(("404", "not found (or not a member)"))
+    if method != "get":
+        errors.append(("409", "conflict: slug/name taken, last owner, already a member"))
+    if path.endswith("/accept"):
+        errors.append(("410", "the invitation expired or was used"))
+    if body is not None or method == "put":
+        errors.append(("422", "invalid body, or the user is not an org member"))
+    if any(p["name"] == "cursor" for p in params):
+        errors.append(("400", "invalid cursor"))
+    for code, why in errors:
         responses[code] = {
             "description": why,
             "content": {"application/problem+json": {"schema": _PROBLEM}},

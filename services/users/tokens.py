@@ -128,7 +128,7 @@ def verify_access_token(
     """The claims of a valid access token, or TokenError(reason)."""
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
+    except jwt.InvalidTokenError:  # DecodeError, or a header PyJWT refuses (non-string kid)
         raise TokenError("malformed") from None
     if header.get("alg") != ALGORITHM:
         raise TokenError("bad_algorithm")

@@ -18,14 +18,49 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.common.embedded import EmbeddedMongo, free_port
+from libs.common.embedded import EmbeddedMongo, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("users", "orgs", "files")
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60, text=True
+    )
+    return done.stdout
+
+
+class RedisServer:
+    """A redis-server of one stack's own, so a test can kill it without touching the shared one."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        out = (self.directory / "redis.log").open("ab")
+        self.popen = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        out.close()
+        if not wait_for_port("127.0.0.1", self.port, timeout=20):
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        self.popen.wait(timeout=10)
 
 
 @dataclass
@@ -88,6 +123,13 @@ class Stack:
     mongo: EmbeddedMongo | None = None
     processes: dict[str, Process] = field(default_factory=dict)
     vhost: str = ""
+    # Optional, for fault injection: a redis-server of its own (killable), and several instances
+    # of a service behind the gateway (`processes["users"]`, `processes["users-2"]`, ...).
+    own_redis: bool = False
+    # SecantusDB fsyncs every commit, so an acknowledged write survives a SIGKILL of it.
+    durable_mongo: bool = False
+    instances: dict[str, int] = field(default_factory=dict)
+    redis: RedisServer | None = None
 
     @property
     def gateway(self) -> str:
@@ -101,7 +143,9 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
                 "PORTICO_ENV": "test",
                 "MONGODB_URL": self.mongo.url,
-                "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                "REDIS_URL": self.redis.url
+                if self.redis is not None
+                else os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                 "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}",
                 "PORTICO_INTERNAL_SECRET": self.secret,
                 "PORTICO_REDIS_PREFIX": f"e2e:{self.token}:",
@@ -116,15 +160,24 @@ class Stack:
         _rabbitmqctl("add_vhost", self.vhost)
         _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         self.mongo = EmbeddedMongo(
-            storage=self.directory / "mongo", log=self.directory / "secantus.log"
+            storage=self.directory / "mongo",
+            log=self.directory / "secantus.log",
+            sync_on_commit=self.durable_mongo,
         ).start()
+        if self.own_redis:
+            self.redis = RedisServer(self.directory / "redis").start()
         env = self.base_env()
         env.update(extra_env or {})
         ports = {name: free_port() for name in (*SERVICES, "gateway")}
+        extra: dict[str, list[int]] = {
+            name: [free_port() for _ in range(self.instances.get(name, 1) - 1)] for name in SERVICES
+        }
         for name in SERVICES:
             upper = name.upper()
             env[f"PORTICO_{upper}_PORT"] = str(ports[name])
-            env[f"PORTICO_GATEWAY_{upper}_URLS"] = f"http://127.0.0.1:{ports[name]}"
+            env[f"PORTICO_GATEWAY_{upper}_URLS"] = ",".join(
+                f"http://127.0.0.1:{port}" for port in (ports[name], *extra[name])
+            )
         env["PORTICO_GATEWAY_PORT"] = str(ports["gateway"])
         env["PORTICO_ORGS_USERS_URL"] = f"http://127.0.0.1:{ports['users']}"
         env["PORTICO_GATEWAY_WORKERS"] = "1"
@@ -139,6 +192,13 @@ class Stack:
             process = Process(name, module, ports[name], dict(env), self.directory / f"{name}.log")
             self.processes[name] = process
             process.start()
+            for number, port in enumerate(extra.get(name, []), start=2):
+                copy = dict(env)
+                copy[f"PORTICO_{name.upper()}_PORT"] = str(port)
+                label = f"{name}-{number}"
+                replica = Process(label, module, port, copy, self.directory / f"{label}.log")
+                self.processes[label] = replica
+                replica.start()
         for process in self.processes.values():
             process.wait_ready()
         return self
@@ -151,6 +211,8 @@ class Stack:
             process.stop()
         if self.mongo is not None:
             self.mongo.stop()
+        if self.redis is not None:
+            self.redis.stop()
         if self.vhost:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _rabbitmqctl("delete_vhost", self.vhost)

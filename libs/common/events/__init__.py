@@ -2,6 +2,7 @@
 
 from libs.common.events.consumer import ConsumerRuntime
 from libs.common.events.envelope import EVENT_TYPES, Event
+from libs.common.events.handling import handler_session
 from libs.common.events.options import BusOptions
 from libs.common.events.outbox import Outbox, OutboxEntry, Transaction
 from libs.common.events.relay import OutboxRelay
@@ -15,4 +16,5 @@ __all__ = [
     "OutboxEntry",
     "OutboxRelay",
     "Transaction",
+    "handler_session",
 ]

@@ -1,7 +1,8 @@
 """The consumer runtime: one queue per service, idempotent handling, broker-side retries, a DLQ.
 
 A delivery is acked only after its handlers succeeded and its id was recorded in the service's
-`processed_events` collection (TTL-indexed); a redelivered or duplicate event is acked without
+`processed_events` collection (TTL-indexed) in the same MongoDB transaction as the handlers'
+writes (`libs.common.events.handling`); a redelivered or duplicate event is acked without
 running the handlers again. A failing delivery is re-published to `<queue>.retry.<n>`, where it
 waits out its backoff (message TTL) before being dead-lettered back to `<queue>`; after
 `max_attempts` it is parked in `<queue>.dlq` with the reason in its headers.
@@ -27,10 +28,16 @@ from aio_pika.abc import (
 from aiormq.exceptions import AMQPError
 from pydantic import ValidationError
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from libs.common.events.envelope import Event
+from libs.common.events.handling import (
+    HandlerTransaction,
+    reset_handler_transaction,
+    set_handler_transaction,
+)
 from libs.common.events.metrics import EVENT_CONSUME_LAG, EVENTS_CONSUMED, EVENTS_DLQ_MESSAGES
 from libs.common.events.options import BusOptions
 from libs.common.events.topology import declare_exchange, retry_delays
@@ -48,7 +55,6 @@ ATTEMPT_HEADER = "x-portico-attempts"  # failed attempts so far
 ERROR_HEADER = "x-portico-error"  # why the last attempt failed
 FAILED_AT_HEADER = "x-portico-failed-at"
 _REASON_LIMIT = 500
-_DUPLICATE_KEY = 11000
 
 _log = structlog.get_logger("portico.events.consumer")
 
@@ -68,53 +74,8 @@ def topic_matches(pattern: str, key: str) -> bool:
     return match(pattern.split("."), key.split("."))
 
 
-class _ProcessedLog:
-    """Records processed ids with group commit: concurrent handlers share one `insert_many`.
-
-    Each caller still waits for its own record to be durable before acking; batching only cuts
-    the number of round trips (one insert per delivery would cap throughput at the database's
-    single-document write rate).
-    """
-
-    def __init__(self, collection: AsyncCollection[Any], *, batch_limit: int = 500) -> None:
-        self.collection = collection
-        self.batch_limit = batch_limit
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def seen(self, key: str) -> bool:
-        return await self.collection.find_one({"_id": key}, projection={"_id": 1}) is not None
-
-    async def record(self, doc: dict[str, Any]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((doc, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="processed-events-flush")
-        await done
-
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch = self._waiting[: self.batch_limit]
-            del self._waiting[: self.batch_limit]
-            failures: dict[int, Exception] = {}
-            try:
-                await self.collection.insert_many([doc for doc, _ in batch], ordered=False)
-            except BulkWriteError as exc:
-                # A duplicate key means another delivery already recorded the id: fine.
-                for error in exc.details.get("writeErrors", []):
-                    if error.get("code") != _DUPLICATE_KEY:
-                        failures[error["index"]] = exc
-                if exc.details.get("writeConcernErrors"):
-                    failures = dict.fromkeys(range(len(batch)), exc)
-            except Exception as exc:  # the whole batch failed: every caller retries its event
-                failures = dict.fromkeys(range(len(batch)), exc)
-            for index, (_, done) in enumerate(batch):
-                if done.done():
-                    continue
-                if index in failures:
-                    done.set_exception(failures[index])
-                else:
-                    done.set_result(None)
+class _AlreadyProcessed(Exception):
+    """The event's processed record exists: an earlier delivery committed its effect."""
 
 
 class ConsumerRuntime:
@@ -136,7 +97,6 @@ class ConsumerRuntime:
         self.exchange_name = exchange
         self.options = options
         self.processed = processed
-        self._log_of_processed = None if processed is None else _ProcessedLog(processed)
         self.broadcast = broadcast
         self.name = queue
         # Queues are namespaced by the exchange they serve, so two environments (or two tests)
@@ -334,28 +294,56 @@ class ConsumerRuntime:
 
     async def _run_handlers(self, message: AbstractIncomingMessage, event: Event, key: str) -> None:
         try:
-            processed = self._log_of_processed
-            if processed is not None and await processed.seen(key):
-                await message.ack()
-                EVENTS_CONSUMED.labels(type=event.type, result="duplicate").inc()
-                _log.debug("duplicate event skipped")
-                return
-            for handler in self.handlers_for(event.type):
-                await handler(event)
-            if processed is not None:
-                await processed.record(
-                    {
-                        "_id": key,
-                        "event_id": event.id,
-                        "type": event.type,
-                        "processed_at": datetime.now(UTC),
-                    }
-                )
+            if self.processed is None:
+                for handler in self.handlers_for(event.type):
+                    await handler(event)
+            else:
+                await self._run_in_transaction(self.processed, event, key)
+        except _AlreadyProcessed:
+            await message.ack()
+            EVENTS_CONSUMED.labels(type=event.type, result="duplicate").inc()
+            _log.debug("duplicate event skipped")
+            return
         except Exception as exc:
             await self._failed(message, event, exc)
             return
         await message.ack()
         EVENTS_CONSUMED.labels(type=event.type, result="ok").inc()
+
+    async def _run_in_transaction(
+        self, processed: AsyncCollection[Any], event: Event, key: str
+    ) -> None:
+        """Claim the event and run its handlers in one transaction (see `events.handling`).
+
+        The claim comes first, so a second copy of the event racing this one hits a write
+        conflict (retried by `with_transaction`) and then the committed record.
+        """
+        after_commit: list[Callable[[], None]] = []
+
+        async def attempt(session: AsyncClientSession) -> None:
+            after_commit.clear()
+            record = {
+                "_id": key,
+                "event_id": event.id,
+                "type": event.type,
+                "processed_at": datetime.now(UTC),
+            }
+            try:
+                await processed.insert_one(record, session=session)
+            except DuplicateKeyError:
+                raise _AlreadyProcessed from None
+            tx = HandlerTransaction(session, after_commit)
+            token = set_handler_transaction(tx)
+            try:
+                for handler in self.handlers_for(event.type):
+                    await handler(event)
+            finally:
+                reset_handler_transaction(token)
+
+        async with processed.database.client.start_session() as session:
+            await session.with_transaction(attempt)
+        for callback in after_commit:
+            callback()
 
     async def _failed(self, message: AbstractIncomingMessage, event: Event, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]

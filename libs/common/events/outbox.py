@@ -22,6 +22,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from libs.common.events.envelope import EVENT_TYPES, Event, _now
+from libs.common.events.handling import current_handler_transaction
 from libs.common.mongo import Mongo
 
 __all__ = ["OUTBOX_INDEXES", "Outbox", "OutboxEntry", "Transaction"]
@@ -109,6 +110,19 @@ class Outbox:
         """Commit everything done with `tx.session` plus the emitted events, atomically."""
         if request_id is None:
             request_id = structlog.contextvars.get_contextvars().get("request_id")
+        joined = current_handler_transaction()
+        if joined is not None and joined.session.client is self.mongo.client:
+            # Inside an event handler: join its transaction, so the state change, these events
+            # and the handled event's "processed" record commit together.
+            tx = Transaction(joined.session, self.source, request_id)
+            yield tx
+            if tx.events:
+                await self.collection.insert_many(
+                    [OutboxEntry.from_event(e).model_dump() for e in tx.events],
+                    session=joined.session,
+                )
+                joined.after_commit.append(self.wakeup.set)
+            return
         async with (
             self.mongo.client.start_session() as session,
             await session.start_transaction(),

@@ -13,10 +13,11 @@ from typing import Any, Generic, TypeVar
 from beanie import Document, PydanticObjectId
 from bson import ObjectId
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from libs.common.errors import BadRequest, Conflict, NotFound
 from libs.common.events import Outbox, Transaction
+from libs.common.events.handling import current_handler_transaction
 from libs.common.identity import Principal
 from services.orgs.models import Invitation, Membership, Org, Team, TeamMember
 from services.orgs.service.rules import Op, authorize
@@ -37,6 +38,10 @@ def oid(value: str, what: str = "org") -> PydanticObjectId:
 
 
 def _transient(exc: PyMongoError) -> bool:
+    # An unreachable database carries TransientTransactionError too, but re-running the body
+    # only multiplies the wait (server selection timeout x attempts): fail at once with a 503.
+    if isinstance(exc, ConnectionFailure):
+        return False
     if getattr(exc, "code", None) == _WRITE_CONFLICT:
         return True
     labels = ("TransientTransactionError", "UnknownTransactionCommitResult")
@@ -59,8 +64,12 @@ class ServiceBase:
         """Run `body` in a transaction with the outbox, re-running it on transient conflicts.
 
         `body` must do all its reads with `tx.session`, so a retry re-checks every rule against
-        the state that won the race.
+        the state that won the race. Inside an event handler the transaction is the handler's
+        (joined by the outbox): a conflict aborts all of it, so the consumer re-runs the handler.
         """
+        if current_handler_transaction() is not None:
+            async with self.outbox.transaction() as tx:
+                return await body(tx)
         for attempt in range(_ATTEMPTS):
             try:
                 async with self.outbox.transaction() as tx:

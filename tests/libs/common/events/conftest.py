@@ -176,9 +176,9 @@ class Bus:
 
     async def close(self) -> None:
         for runtime in self.runtimes:
-            await runtime.stop()
+            await _bounded(runtime.stop(), f"consumer {runtime.queue_name} stop")
         for relay in self.relays:
-            await relay.stop()
+            await _bounded(relay.stop(), "relay stop")
         conn = await connect(self.url, connection_name=f"{self.name}-cleanup")
         try:
             channel = await conn.channel()
@@ -191,7 +191,15 @@ class Bus:
         finally:
             await conn.close()
         for c in self.connections:
-            await c.close()
+            await _bounded(c.close(), "connection close")
+
+
+async def _bounded(step: Awaitable[None], what: str, timeout: float = 15.0) -> None:
+    """A teardown step that hangs fails the test loudly instead of hanging the whole run."""
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        raise AssertionError(f"teardown: {what} did not finish in {timeout} s") from None
 
 
 @pytest.fixture

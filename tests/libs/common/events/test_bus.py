@@ -10,20 +10,24 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.common.events import Event, Outbox
+from libs.common.events import Event, Outbox, handler_session
 from libs.common.events.consumer import ATTEMPT_HEADER, ERROR_HEADER, topic_matches
 from libs.common.mongo import Mongo
 from tests.libs.common.events.conftest import Bus, close_connections_named, wait_until
 
 
 def effect_handler(mongo: Mongo, calls: Counter[str] | None = None) -> Any:
-    """A deliberately NON-idempotent effect ($inc per event), so a double application shows."""
+    """A deliberately NON-idempotent effect ($inc per event), so a double application shows.
+
+    It writes with the handler's session, as a service's handler does, so the effect commits
+    together with the event's processed record.
+    """
 
     async def handle(event: Event) -> None:
         if calls is not None:
             calls[event.id] += 1
         await mongo.database["effects"].update_one(
-            {"_id": event.id}, {"$inc": {"applied": 1}}, upsert=True
+            {"_id": event.id}, {"$inc": {"applied": 1}}, upsert=True, session=handler_session()
         )
 
     return handle
@@ -64,7 +68,13 @@ async def test_thousand_events_survive_a_broker_side_connection_cut(mongo: Mongo
     effects = await applied(mongo)
     assert set(effects) == set(ids)
     assert set(effects.values()) == {1}  # none applied twice
-    assert await mongo.database["outbox"].count_documents({"status": "pending"}) == 0
+
+    async def all_marked_sent() -> bool:
+        # Entries whose confirm was lost in the cut are published again, then marked sent.
+        return await mongo.database["outbox"].count_documents({"status": "pending"}) == 0
+
+    await wait_until(all_marked_sent, timeout=30, what="the relay to mark every entry sent")
+    assert set((await applied(mongo)).values()) == {1}  # the re-publications were deduplicated
     sent = await mongo.database["outbox"].find_one({"status": "sent"})
     assert sent is not None
     assert sent["sent_at"] is not None
@@ -94,6 +104,62 @@ async def test_handler_failing_twice_is_retried_and_applied_once(mongo: Mongo, b
     assert calls[event_id] == 3
     assert await applied(mongo) == {event_id: 1}
     assert consumed("user.updated", "retry") - retries_before == 2
+
+
+async def test_handler_failing_after_its_write_leaves_no_partial_effect(
+    mongo: Mongo, bus: Bus
+) -> None:
+    outbox = Outbox(mongo, "users")
+    calls: Counter[str] = Counter()
+    effect = effect_handler(mongo, calls)
+
+    async def write_then_fail_once(event: Event) -> None:
+        await effect(event)
+        if calls[event.id] == 1:
+            raise RuntimeError("crashed after writing")
+
+    await bus.consumer("orgs", [(("user.updated",), write_then_fail_once)], mongo=mongo)
+    await bus.relay(outbox)
+    [event_id] = await emit(outbox, 1, type="user.updated")
+
+    async def done() -> bool:
+        return event_id in await applied(mongo)
+
+    await wait_until(done, what="the retried event")
+    await asyncio.sleep(0.3)
+    assert calls[event_id] == 2
+    assert await applied(mongo) == {event_id: 1}  # the failed attempt's write was rolled back
+
+
+async def test_outbox_inside_a_handler_commits_with_the_handled_event(
+    mongo: Mongo, bus: Bus
+) -> None:
+    """A handler that emits (orgs' user.deleted -> org.deleted) joins the handler's transaction."""
+    users, orgs = Outbox(mongo, "users"), Outbox(mongo, "orgs", collection="outbox_orgs")
+    await orgs.ensure_indexes()
+    calls: Counter[str] = Counter()
+
+    async def cascade(event: Event) -> None:
+        calls[event.id] += 1
+        async with orgs.transaction() as tx:
+            await mongo.database["orgs_gone"].insert_one({"cause": event.id}, session=tx.session)
+            tx.emit("org.deleted", {"org_id": event.id})
+        if calls[event.id] == 1:
+            raise RuntimeError("crashed after the cascade")
+
+    await bus.consumer("orgs", [(("user.deleted",), cascade)], mongo=mongo)
+    await bus.relay(users)
+    [event_id] = await emit(users, 1, type="user.deleted")
+
+    async def done() -> bool:
+        return await mongo.database["orgs_gone"].count_documents({}) >= 1
+
+    await wait_until(done, what="the cascade")
+    await asyncio.sleep(0.3)
+    assert calls[event_id] == 2
+    assert await mongo.database["orgs_gone"].count_documents({"cause": event_id}) == 1
+    assert await orgs.collection.count_documents({"type": "org.deleted"}) == 1
+    assert await mongo.database["processed_events"].count_documents({"event_id": event_id}) == 1
 
 
 async def test_poison_event_is_parked_with_reason_and_the_queue_keeps_flowing(

@@ -1,0 +1,5 @@
+"""`python -m bench [--quick]`: the whole benchmark suite, one report (see bench/suite)."""
+
+from bench.suite.run import main
+
+main()

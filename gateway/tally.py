@@ -1,0 +1,60 @@
+"""Request metrics counted in plain Python and handed to prometheus_client in batches.
+
+`Counter.inc` plus `Histogram.observe` cost ~2 us per request (a lock per value, a Python loop
+over the buckets). Here a request costs a dict lookup and a bisect; the pending counts are added
+to the prometheus children at most `delay` seconds later and before every /metrics scrape, so a
+scrape always sees every finished request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_left
+from typing import Any
+
+from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
+
+__all__ = ["RequestTally"]
+
+_MAX_CACHED = 5000
+
+
+class RequestTally:
+    def __init__(self, *, service: str = "gateway", delay: float = 1.0) -> None:
+        self.service = service
+        self.delay = delay
+        self._bounds: tuple[float, ...] = tuple(HTTP_REQUEST_DURATION._upper_bounds)
+        self._pending: dict[tuple[str, str, int], list[Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, route: str, method: str, status: int, elapsed: float) -> None:
+        key = (route, method, status)
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = self._pending[key] = [0, 0.0, [0] * len(self._bounds)]
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+        entry[0] += 1
+        entry[1] += elapsed
+        entry[2][bisect_left(self._bounds, elapsed)] += 1
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for key, (count, total, buckets) in pending.items():
+            children = self._children.get(key)
+            if children is None:
+                labels = (self.service, key[0], key[1], str(key[2]))
+                children = (HTTP_REQUESTS.labels(*labels), HTTP_REQUEST_DURATION.labels(*labels))
+                if len(self._children) < _MAX_CACHED:
+                    self._children[key] = children
+            counter, histogram = children
+            counter.inc(count)
+            # What Histogram.observe does per observation, once per batch.
+            histogram._sum.inc(total)
+            for index, hits in enumerate(buckets):
+                if hits:
+                    histogram._buckets[index].inc(hits)

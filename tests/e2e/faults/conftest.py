@@ -1,0 +1,130 @@
+"""Fault-injection helpers: a fresh stack per test (faults never reach the shared e2e stack),
+clients, and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from gateway.settings import DEFAULT_ROUTES_FILE
+from tests.e2e.stack import Stack
+
+PASSWORD = "a long enough passphrase 42"
+PROBLEM = "application/problem+json"
+
+
+# Fault tests send bursts from one IP; the anonymous default (20 burst) would turn them into 429s.
+LOOSE_LIMITS = {
+    "anonymous": {"rate": 1000, "burst": 1000},
+    "user": {"rate": 1000, "burst": 1000, "key": "principal"},
+    "login": {"rate": 1000, "per": 60, "burst": 1000},
+}
+
+
+def routes_file(
+    directory: Path, policies: dict[str, dict[str, Any]], timeout: float | None = None
+) -> Path:
+    """The real route table with these rate-limit policies (and default route timeout)."""
+    table = yaml.safe_load(DEFAULT_ROUTES_FILE.read_text())
+    if timeout is not None:
+        table["defaults"]["timeout"] = timeout
+    table["rate_limits"] = {**table.get("rate_limits", {}), "policies": policies}
+    path = directory / "routes.yaml"
+    path.write_text(yaml.safe_dump(table))
+    return path
+
+
+@contextmanager
+def running_stack(
+    directory: Path,
+    *,
+    policies: dict[str, dict[str, Any]] | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> Iterator[Stack]:
+    """A whole platform of its own for one test, stopped (and its vhost deleted) afterwards."""
+    extra_env = dict(options.pop("extra_env", None) or {})
+    extra_env["PORTICO_GATEWAY_ROUTES_FILE"] = str(
+        routes_file(directory, policies or LOOSE_LIMITS, timeout)
+    )
+    stack = Stack(directory, **options)
+    try:
+        stack.start(extra_env)
+        yield stack
+    finally:
+        # Nothing to drain in a throwaway stack: SIGKILL is faster than a graceful stop.
+        for process in stack.processes.values():
+            process.kill()
+        if stack.mongo is not None:
+            stack.mongo.stop(kill=True)
+        stack.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+def unique_email(name: str = "f") -> str:
+    return f"{name}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def register(http: aiohttp.ClientSession, stack: Stack, email: str) -> tuple[int, Any]:
+    async with http.post(
+        f"{stack.gateway}/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "display_name": "F"},
+    ) as resp:
+        return resp.status, await _body(resp)
+
+
+async def login(http: aiohttp.ClientSession, stack: Stack, email: str) -> dict[str, str]:
+    async with http.post(
+        f"{stack.gateway}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        tokens = await resp.json()
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def signed_in(http: aiohttp.ClientSession, stack: Stack) -> tuple[str, dict[str, str]]:
+    email = unique_email()
+    status, body = await register(http, stack, email)
+    assert status == 201, body
+    return body["id"], await login(http, stack, email)
+
+
+async def _body(resp: aiohttp.ClientResponse) -> Any:
+    if resp.content_type in ("application/json", PROBLEM):
+        return await resp.json(content_type=None)
+    return await resp.text()
+
+
+def assert_clean_failure(status: int, content_type: str, body: Any, allowed: set[int]) -> None:
+    """A failed request is a problem+json with a status the client can act on; no internals."""
+    assert status in allowed, (status, body)
+    assert content_type == PROBLEM, (status, content_type, body)
+    assert isinstance(body, dict), body
+    assert {"type", "title", "status", "code"} <= body.keys(), body
+    assert body["status"] == status
+    assert "Traceback" not in str(body)
+    assert "mongo" not in str(body).lower()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    """The first truthy result of `check`, or its last result after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.25)
