@@ -51,22 +51,31 @@ class LocalStorage(ObjectStorage):
         await self._run(partial(final.parent.mkdir, parents=True, exist_ok=True))
         handle: BinaryIO = await self._run(open, tmp, "wb")
         written = 0
+        # One batch is written by a worker thread while the next one is being received.
+        writing: asyncio.Future[int] | None = None
         try:
             batch = bytearray()
             async for chunk in chunks:
                 batch += chunk
                 if len(batch) >= WRITE_BATCH:
-                    await self._run(handle.write, bytes(batch))
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(self._run(handle.write, batch))
                     written += len(batch)
-                    batch.clear()
+                    batch = bytearray()
+            if writing is not None:
+                await writing
             if batch:
-                await self._run(handle.write, bytes(batch))
+                await self._run(handle.write, batch)
                 written += len(batch)
             await self._run(_flush_and_sync, handle)
             await self._run(handle.close)
             await self._run(os.replace, tmp, final)
             await self._run(_fsync_dir, final.parent)
         except BaseException:
+            if writing is not None:  # never close the file under a write in flight
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
             await asyncio.shield(self._run(_discard, handle, tmp))
             raise
         return written
