@@ -10,6 +10,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +28,7 @@ from libs.common.errors import (
     UnsupportedMediaType,
 )
 from libs.common.events import Outbox
+from libs.common.events.handling import after_commit
 from services.files.content import content_disposition, resolve_type, sniff
 from services.files.membership import ADMIN_ROLES, MembershipView
 from services.files.metering import Meter, read_head
@@ -263,8 +265,11 @@ class FileService:
             )
             if result.deleted_count and record.status == FileStatus.READY:
                 tx.emit("file.deleted", {**_event_data(record), "reason": reason})
-        await self.storage.delete(record.object_key)
+        await after_commit(partial(self._delete_blobs, record))
         return bool(result.deleted_count)
+
+    async def _delete_blobs(self, record: FileRecord) -> None:
+        await self.storage.delete(record.object_key)
 
     async def delete_user_files(self, user_id: str) -> int:
         """`user.deleted`: the user's personal files go; org files stay with their org."""

@@ -34,8 +34,10 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from libs.common.events.envelope import Event
 from libs.common.events.handling import (
+    AfterCommit,
     HandlerTransaction,
     reset_handler_transaction,
+    run_after_commit,
     set_handler_transaction,
 )
 from libs.common.events.metrics import EVENT_CONSUME_LAG, EVENTS_CONSUMED, EVENTS_DLQ_MESSAGES
@@ -318,7 +320,7 @@ class ConsumerRuntime:
         The claim comes first, so a second copy of the event racing this one hits a write
         conflict (retried by `with_transaction`) and then the committed record.
         """
-        after_commit: list[Callable[[], None]] = []
+        after_commit: list[AfterCommit] = []
 
         async def attempt(session: AsyncClientSession) -> None:
             after_commit.clear()
@@ -342,8 +344,7 @@ class ConsumerRuntime:
 
         async with processed.database.client.start_session() as session:
             await session.with_transaction(attempt)
-        for callback in after_commit:
-            callback()
+        await run_after_commit(after_commit)
 
     async def _failed(self, message: AbstractIncomingMessage, event: Event, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]

@@ -10,13 +10,24 @@ storage, other databases) must be idempotent on their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-__all__ = ["HandlerTransaction", "current_handler_transaction", "handler_session"]
+__all__ = [
+    "AfterCommit",
+    "HandlerTransaction",
+    "after_commit",
+    "current_handler_transaction",
+    "handler_session",
+    "run_after_commit",
+]
+
+
+AfterCommit = Callable[[], Awaitable[None] | None]
 
 
 @dataclass
@@ -24,7 +35,7 @@ class HandlerTransaction:
     """The session of the event being handled, and what to do once it committed."""
 
     session: AsyncClientSession
-    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    after_commit: list[AfterCommit] = field(default_factory=list)
 
 
 _CURRENT: ContextVar[HandlerTransaction | None] = ContextVar("portico_handler_tx", default=None)
@@ -46,3 +57,21 @@ def set_handler_transaction(tx: HandlerTransaction | None) -> object:
 
 def reset_handler_transaction(token: object) -> None:
     _CURRENT.reset(token)  # type: ignore[arg-type]
+
+
+async def after_commit(step: AfterCommit) -> None:
+    """Run `step` once the current writes are durable: now outside an event handler, after the
+    handler's transaction committed inside one (e.g. deleting a blob whose record the handler
+    deleted: before the commit, an abort would leave a record without its blob)."""
+    tx = _CURRENT.get()
+    if tx is None:
+        await run_after_commit([step])
+    else:
+        tx.after_commit.append(step)
+
+
+async def run_after_commit(steps: list[AfterCommit]) -> None:
+    for step in steps:
+        result = step()
+        if inspect.isawaitable(result):
+            await result

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from libs.common.events import Event, Outbox, handler_session
 from libs.common.events.consumer import ATTEMPT_HEADER, ERROR_HEADER, topic_matches
+from libs.common.events.handling import after_commit
 from libs.common.mongo import Mongo
 from tests.libs.common.events.conftest import Bus, close_connections_named, wait_until
 
@@ -160,6 +161,37 @@ async def test_outbox_inside_a_handler_commits_with_the_handled_event(
     assert await mongo.database["orgs_gone"].count_documents({"cause": event_id}) == 1
     assert await orgs.collection.count_documents({"type": "org.deleted"}) == 1
     assert await mongo.database["processed_events"].count_documents({"event_id": event_id}) == 1
+
+
+async def test_after_commit_steps_run_only_once_the_handler_committed(
+    mongo: Mongo, bus: Bus
+) -> None:
+    """Deleting a blob belongs after the commit: an aborted attempt must not have done it."""
+    outbox = Outbox(mongo, "users")
+    calls: Counter[str] = Counter()
+    steps: list[str] = []
+
+    async def delete_then_fail_once(event: Event) -> None:
+        calls[event.id] += 1
+        attempt = calls[event.id]
+
+        async def delete_blob() -> None:
+            steps.append(f"blob deleted after attempt {attempt}")
+
+        await after_commit(delete_blob)
+        if attempt == 1:
+            raise RuntimeError("crashed before the commit")
+
+    await bus.consumer("files", [(("user.deleted",), delete_then_fail_once)], mongo=mongo)
+    await bus.relay(outbox)
+    [event_id] = await emit(outbox, 1, type="user.deleted")
+
+    async def done() -> bool:
+        return calls[event_id] == 2 and bool(steps)
+
+    await wait_until(done, what="the retried handler")
+    await asyncio.sleep(0.3)
+    assert steps == ["blob deleted after attempt 2"]
 
 
 async def test_poison_event_is_parked_with_reason_and_the_queue_keeps_flowing(
