@@ -23,6 +23,11 @@ def build_consumers(app: web.Application) -> Consumers:
     async def on_user_deleted(event: Event) -> None:
         await app[FILES].delete_user_files(str(event.data["user_id"]))
 
+    @consumers.on("file.uploaded")
+    async def on_file_uploaded(event: Event) -> None:
+        if app[FILES].settings.thumbnails:
+            await app[FILES].make_thumbnail(str(event.data["file_id"]))
+
     @consumers.on("org.deleted")
     async def on_org_deleted(event: Event) -> None:
         await app[FILES].delete_org_files(str(event.data["org_id"]))

@@ -35,6 +35,9 @@ class FileRecord(Document):
     # A random id of our own, never derived from the client's file name.
     object_key: str
     created_at: datetime = Field(default_factory=utcnow)
+    # Set by the thumbnail consumer for images (another random key in the same storage).
+    thumbnail_key: str | None = None
+    thumbnail_type: str | None = None
 
     class Settings:
         name = "files"
@@ -43,6 +46,7 @@ class FileRecord(Document):
             IndexModel([("owner_id", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)]),
             IndexModel([("org_id", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)]),
             IndexModel([("status", ASCENDING), ("created_at", ASCENDING)]),
+            IndexModel([("thumbnail_key", ASCENDING)], sparse=True),
         ]
 
 

@@ -129,6 +129,24 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
+        "/api/v1/files/{id}/thumbnail": {
+            "get": {
+                "summary": "A thumbnail of an image file (404 until rendered, or not an image)",
+                "tags": ["files"],
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "JPEG, or PNG when the image has transparency",
+                        "content": {
+                            "image/jpeg": {"schema": binary},
+                            "image/png": {"schema": binary},
+                        },
+                    },
+                    "304": {"description": "Not modified"},
+                    **_ERRORS,
+                },
+            },
+        },
         "/api/v1/files/{id}/url": {
             "post": {
                 "summary": "A short-lived signed download URL",

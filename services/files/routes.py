@@ -147,6 +147,24 @@ async def delete_file(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.get("/api/v1/files/{id}/thumbnail")
+async def get_thumbnail(request: web.Request) -> web.Response:
+    record, data = await request.app[FILES].thumbnail(
+        request.match_info["id"], principal(request).id
+    )
+    etag = f'"{record.sha256}-thumb"'
+    headers = {
+        hdrs.ETAG: etag,
+        hdrs.CACHE_CONTROL: "private, no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Surrogate-Key": _surrogate_key(record),
+    }
+    if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+    if if_none_match and _etag_matches(if_none_match, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type=record.thumbnail_type, headers=headers)
+
+
 @routes.post("/api/v1/files/{id}/url")
 async def sign_url(request: web.Request) -> web.Response:
     files = request.app[FILES]

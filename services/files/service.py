@@ -28,13 +28,14 @@ from libs.common.errors import (
     UnsupportedMediaType,
 )
 from libs.common.events import Outbox
-from libs.common.events.handling import after_commit
+from libs.common.events.handling import after_commit, handler_session
 from services.files.content import content_disposition, resolve_type, sniff
 from services.files.membership import ADMIN_ROLES, MembershipView
 from services.files.metering import Meter, read_head
 from services.files.models import FileRecord, FileStatus, OrgMembership, utcnow
 from services.files.settings import Settings
 from services.files.storage import ObjectStorage
+from services.files.thumbnails import THUMBNAIL_TYPES, ThumbnailError, render_thumbnail
 
 _log = structlog.get_logger("portico.files")
 
@@ -270,6 +271,57 @@ class FileService:
 
     async def _delete_blobs(self, record: FileRecord) -> None:
         await self.storage.delete(record.object_key)
+        if record.thumbnail_key:
+            await self.storage.delete(record.thumbnail_key)
+
+    # --- thumbnails ---------------------------------------------------------------------------
+
+    async def make_thumbnail(self, file_id: str) -> bool:
+        """`file.uploaded`: render and store a thumbnail of an image file (idempotent).
+
+        False when there is nothing to do: not an image, too large, gone, or undecodable (a
+        broken image is not retried: it will not decode better next time)."""
+        record = await self._ready_or_none(file_id)
+        if (
+            record is None
+            or record.content_type not in THUMBNAIL_TYPES
+            or record.size > self.settings.thumbnail_max_source_bytes
+        ):
+            return False
+        source = b"".join([chunk async for chunk in self.storage.get(record.object_key)])
+        try:
+            data, media_type = await asyncio.to_thread(
+                render_thumbnail, source, self.settings.thumbnail_size
+            )
+        except ThumbnailError as exc:
+            _log.info("no thumbnail", file_id=file_id, reason=str(exc))
+            return False
+        # Derived from the file's key, so a redelivered event overwrites instead of adding one.
+        key = f"{record.object_key}-thumb"
+        await self.storage.put(key, _single(data))
+        result = await FileRecord.get_pymongo_collection().update_one(
+            {"_id": record.id, "status": FileStatus.READY.value},
+            {"$set": {"thumbnail_key": key, "thumbnail_type": media_type}},
+            session=handler_session(),
+        )
+        if result.matched_count != 1:  # deleted while we rendered
+            await after_commit(partial(self.storage.delete, key))
+            return False
+        return True
+
+    async def thumbnail(self, file_id: str, user_id: str) -> tuple[FileRecord, bytes]:
+        """The thumbnail of a file the user may read; 404 while there is none."""
+        record = await self.readable(file_id, user_id)
+        if not record.thumbnail_key:
+            raise NotFound("this file has no thumbnail")
+        data = b"".join([chunk async for chunk in self.storage.get(record.thumbnail_key)])
+        return record, data
+
+    async def _ready_or_none(self, file_id: str) -> FileRecord | None:
+        try:
+            return await self._ready(file_id)
+        except NotFound:
+            return None
 
     async def delete_user_files(self, user_id: str) -> int:
         """`user.deleted`: the user's personal files go; org files stay with their org."""
@@ -310,7 +362,8 @@ class FileService:
         async for item in self.storage.list():
             if item.modified_at.astimezone(UTC) >= cutoff:
                 continue
-            if await FileRecord.find_one({"object_key": item.key}) is None:
+            owner = {"$or": [{"object_key": item.key}, {"thumbnail_key": item.key}]}
+            if await FileRecord.find_one(owner) is None:
                 await self.storage.delete_listed(item)
                 report.orphan_blobs += 1
         report.aborted_uploads = await self.storage.abort_stale_uploads(cutoff)
@@ -330,3 +383,7 @@ def _event_data(record: FileRecord) -> dict[str, Any]:
         "sha256": record.sha256,
         "name": record.name,
     }
+
+
+async def _single(data: bytes) -> AsyncIterator[bytes]:
+    yield data

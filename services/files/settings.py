@@ -62,6 +62,11 @@ class Settings(BaseServiceSettings):
     url_signing_secret: SecretStr = SecretStr("portico-dev-files-url-secret-change-me")
     url_ttl_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
 
+    # Thumbnails of images (a consumer of file.uploaded; needs the bus)
+    thumbnails: bool = True
+    thumbnail_size: int = Field(256, ge=16, le=2048)
+    thumbnail_max_source_bytes: int = Field(20 * MiB, ge=0)
+
     # Sweeper of orphaned blobs and uploads that never finished
     sweep_interval_seconds: float = Field(600.0, gt=0)
     stale_upload_seconds: float = Field(3600.0, gt=0)
