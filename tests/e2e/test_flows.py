@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from tests.e2e.stack import Stack
 
@@ -146,6 +148,31 @@ async def test_org_file_sharing_and_user_deleted_cascade(
     async with http.get(f"{gw}/api/v1/files/{shared['id']}", headers=member) as r:
         assert r.status == 200
     assert owner_id != member_id
+
+
+async def test_an_uploaded_image_gets_a_thumbnail_through_the_bus(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    _, user, _ = await register_and_login(http, stack, "Painter")
+    picture = io.BytesIO()
+    Image.new("RGB", (800, 400), (10, 120, 200)).save(picture, "PNG")
+    headers = {**user, "Content-Type": "image/png"}
+    async with http.post(
+        f"{stack.gateway}/api/v1/files", params={"name": "sky.png"}, headers=headers,
+        data=picture.getvalue(),
+    ) as r:  # fmt: skip
+        assert r.status == 201, await r.text()
+        file_id = (await r.json())["id"]
+    url = f"{stack.gateway}/api/v1/files/{file_id}/thumbnail"
+
+    async def rendered() -> bytes | None:  # file.uploaded -> the files service's own consumer
+        async with http.get(url, headers=user) as r:
+            return await r.read() if r.status == 200 else None
+
+    thumbnail = await eventually(rendered)
+    assert thumbnail is not None
+    with Image.open(io.BytesIO(thumbnail)) as image:
+        assert image.size == (256, 128)
 
 
 async def test_api_key_works_until_revoked(stack: Stack, http: aiohttp.ClientSession) -> None:
