@@ -52,6 +52,11 @@ bench-files: $(STAMP) ## files service: upload/download MB/s vs raw disk, peak R
 bench-cache: $(STAMP) ## cache-HIT throughput vs. a constant response and nginx proxy_cache
 	$(PY) -m bench.cache
 
+SOAK_SECONDS ?= 300
+soak: $(STAMP) ## mixed load through the whole platform for SOAK_SECONDS (300): bench/soak/report.md
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
+.PHONY: soak
+
 clean: ## remove the virtualenv, local data and caches
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

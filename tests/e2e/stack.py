@@ -71,6 +71,7 @@ class Process:
     env: dict[str, str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    root: Path = ROOT  # the source tree the process runs (its working directory)
 
     @property
     def url(self) -> str:
@@ -80,7 +81,7 @@ class Process:
         out = self.log.open("ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", self.module],
-            cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=self.root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         out.close()
@@ -130,6 +131,9 @@ class Stack:
     durable_mongo: bool = False
     instances: dict[str, int] = field(default_factory=dict)
     redis: RedisServer | None = None
+    # Optional: run the processes from another checkout of the code (e.g. a `git archive`
+    # snapshot, so a long run is not affected by edits to the working tree meanwhile).
+    root: Path = ROOT
 
     @property
     def gateway(self) -> str:
@@ -189,14 +193,16 @@ class Stack:
             ("files", "services.files"),
             ("gateway", "gateway"),
         ):
-            process = Process(name, module, ports[name], dict(env), self.directory / f"{name}.log")
+            log = self.directory / f"{name}.log"
+            process = Process(name, module, ports[name], dict(env), log, root=self.root)
             self.processes[name] = process
             process.start()
             for number, port in enumerate(extra.get(name, []), start=2):
                 copy = dict(env)
                 copy[f"PORTICO_{name.upper()}_PORT"] = str(port)
                 label = f"{name}-{number}"
-                replica = Process(label, module, port, copy, self.directory / f"{label}.log")
+                log = self.directory / f"{label}.log"
+                replica = Process(label, module, port, copy, log, root=self.root)
                 self.processes[label] = replica
                 replica.start()
         for process in self.processes.values():

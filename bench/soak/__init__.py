@@ -1,0 +1,1 @@
+"""Soak run: a bounded mixed load through the real gateway (see bench/soak/__main__.py)."""
