@@ -125,4 +125,5 @@ def test_openapi_document_is_valid_and_uses_the_contract_paths() -> None:
         "/api/v1/files/{id}",
         "/api/v1/files/{id}/content",
         "/api/v1/files/{id}/url",
+        "/api/v1/files/{id}/thumbnail",
     }
