@@ -21,6 +21,12 @@ from libs.common.http import (
 )
 from libs.common.logging import configure_logging
 from libs.common.metrics import metrics_handler
+from libs.common.protocol import (
+    MAX_FIELD_SIZE,
+    MAX_HEADERS,
+    MAX_LINE_SIZE,
+    answer_malformed_http,
+)
 from libs.common.settings import BaseServiceSettings
 
 __all__ = [
@@ -35,6 +41,13 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
 DRAINING = web.AppKey("draining", list[bool])
 READINESS_TIMEOUT = 2.0
+# A service accepts every head the gateway forwards: the gateway's limits, plus room for the
+# headers it adds (X-Forwarded-For/-Proto/-Host, X-Request-ID, the identity assertion).
+SERVICE_HEAD_LIMITS = {
+    "max_line_size": MAX_LINE_SIZE,
+    "max_field_size": MAX_FIELD_SIZE,
+    "max_headers": MAX_HEADERS + 8,
+}
 
 _log = structlog.get_logger("portico.app")
 
@@ -90,11 +103,17 @@ def create_service_app(
     client_max_size: int = 1024 * 1024 + 1024,
     verify_identity: bool = True,
 ) -> web.Application:
-    """A `web.Application` with the common middlewares and health/metrics routes."""
+    """A `web.Application` with the common middlewares and health/metrics routes; malformed
+    HTTP is answered with problem+json too (`libs.common.protocol`)."""
     chain = [observe_middleware(settings.service_name), error_middleware]
     if verify_identity:
         chain.append(identity_middleware(settings.internal_secret.get_secret_value()))
-    app = web.Application(middlewares=[*chain, *middlewares], client_max_size=client_max_size)
+    app = web.Application(
+        middlewares=[*chain, *middlewares],
+        client_max_size=client_max_size,
+        handler_args=dict(SERVICE_HEAD_LIMITS),
+    )
+    answer_malformed_http(app)  # heads aiohttp refuses before any middleware: problem+json too
     app[READINESS] = {}
     app[DRAINING] = [False]
     app.on_shutdown.append(_start_draining)

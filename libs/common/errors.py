@@ -16,6 +16,7 @@ __all__ = [
     "FieldError",
     "Forbidden",
     "Gone",
+    "HeaderFieldsTooLarge",
     "Internal",
     "InvalidInput",
     "MethodNotAllowed",
@@ -139,6 +140,13 @@ class RateLimited(PorticoError):
 class QuotaExceeded(PorticoError):
     # 429 for request quotas (gateway); the files service uses status=413 for storage quotas.
     status, code, default_detail = 429, "QUOTA_EXCEEDED", "quota exceeded"
+
+
+class HeaderFieldsTooLarge(PorticoError):
+    # RFC 6585 §5: one header field, or all of them together, too large. An extension of
+    # DESIGN.md's code table (answered by libs.common.protocol before any handler runs).
+    status, code = 431, "HEADER_FIELDS_TOO_LARGE"
+    default_detail = "the request's header fields are too large"
 
 
 class Internal(PorticoError):

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from libs.common.errors import (
     BadRequest,
+    Conflict,
     Internal,
     InvalidInput,
     MethodNotAllowed,
@@ -29,6 +31,7 @@ from libs.common.errors import (
 )
 from libs.common.identity import IDENTITY_HEADER, IdentityError, Principal, verify_identity
 from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
+from libs.common.transient import is_transient_conflict
 
 __all__ = [
     "MAX_JSON_BODY",
@@ -161,7 +164,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         error = _http_exception_to_error(exc)
         return problem_response(error, request_id_of(request))
-    except ConnectionFailure as exc:
+    except RequestPayloadError as exc:
+        # The body broke on the way in (bad chunking, an undecodable Content-Encoding): the
+        # client's fault. aiohttp's message can quote the body's bytes, so only its kind is logged.
+        _log.info("malformed request body", route=route_template(request),
+                  error=type(exc.__cause__ or exc).__name__)  # fmt: skip
+        response = problem_response(
+            BadRequest("the request body is malformed"), request_id_of(request)
+        )
+        # The rest of the body cannot be read past the error, so the connection cannot carry
+        # another request: say so, or a keep-alive client (the gateway) reuses a closing socket.
+        response.force_close()
+        return response
+    except PyMongoError as exc:
+        if is_transient_conflict(exc):
+            # A transaction lost a race and was not retried where it ran: the client may retry.
+            _log.warning("write conflict", route=route_template(request))
+            return problem_response(
+                Conflict("the resource was changed concurrently; try again"),
+                request_id_of(request),
+            )
+        if not isinstance(exc, ConnectionFailure):
+            _log.exception("unhandled error", route=route_template(request))
+            return problem_response(Internal(), request_id_of(request))
         # The database is unreachable (down, restarting, failing over): the client may retry,
         # so it is a 503 like any other unavailable dependency, not an opaque 500.
         _log.warning("database unreachable", route=route_template(request),

@@ -3,8 +3,6 @@ retried transactions."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,11 +11,9 @@ from typing import Any, Generic, TypeVar
 from beanie import Document, PydanticObjectId
 from bson import ObjectId
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from libs.common.errors import BadRequest, Conflict, NotFound
 from libs.common.events import Outbox, Transaction
-from libs.common.events.handling import current_handler_transaction
 from libs.common.identity import Principal
 from services.orgs.models import Invitation, Membership, Org, Team, TeamMember
 from services.orgs.service.rules import Op, authorize
@@ -26,7 +22,6 @@ T = TypeVar("T")
 D = TypeVar("D", bound=Document)
 EmailFetcher = Callable[[str], Awaitable[str | None]]
 
-_WRITE_CONFLICT = 112
 _ATTEMPTS = 10
 
 
@@ -35,17 +30,6 @@ def oid(value: str, what: str = "org") -> PydanticObjectId:
     if not ObjectId.is_valid(value):
         raise NotFound(f"no such {what}")
     return PydanticObjectId(value)
-
-
-def _transient(exc: PyMongoError) -> bool:
-    # An unreachable database carries TransientTransactionError too, but re-running the body
-    # only multiplies the wait (server selection timeout x attempts): fail at once with a 503.
-    if isinstance(exc, ConnectionFailure):
-        return False
-    if getattr(exc, "code", None) == _WRITE_CONFLICT:
-        return True
-    labels = ("TransientTransactionError", "UnknownTransactionCommitResult")
-    return any(exc.has_error_label(label) for label in labels)
 
 
 class ServiceBase:
@@ -61,29 +45,8 @@ class ServiceBase:
         self.fetch_email = fetch_email
 
     async def atomic(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
-        """Run `body` in a transaction with the outbox, re-running it on transient conflicts.
-
-        `body` must do all its reads with `tx.session`, so a retry re-checks every rule against
-        the state that won the race. Inside an event handler the transaction is the handler's
-        (joined by the outbox): a conflict aborts all of it, so the consumer re-runs the handler.
-        """
-        if current_handler_transaction() is not None:
-            async with self.outbox.transaction() as tx:
-                return await body(tx)
-        for attempt in range(_ATTEMPTS):
-            try:
-                async with self.outbox.transaction() as tx:
-                    result = await body(tx)
-                return result
-            except DuplicateKeyError:
-                raise
-            except PyMongoError as exc:
-                if not _transient(exc):
-                    raise
-                if attempt == _ATTEMPTS - 1:
-                    raise Conflict("the org was changed concurrently; try again") from None
-                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # noqa: S311 - jitter
-        raise AssertionError("unreachable")  # pragma: no cover
+        """`Outbox.atomic`: a transaction with the outbox, re-run on transient conflicts."""
+        return await self.outbox.atomic(body, attempts=_ATTEMPTS)
 
     @staticmethod
     async def membership(

@@ -8,7 +8,7 @@ from typing import Any
 from bson import ObjectId
 
 from libs.common.errors import Conflict, Forbidden, NotFound
-from libs.common.events import Outbox
+from libs.common.events import Outbox, Transaction
 from services.users.models import ApiKey, User, utcnow
 from services.users.service.audit import Audit
 from services.users.service.common import by_id, object_id
@@ -44,7 +44,8 @@ class Accounts:
         user.display_name = display_name.strip()
         user.display_name_lower = user.display_name.lower()
         user.updated_at = utcnow()
-        async with self.outbox.transaction(request_id=info.request_id) as tx:
+
+        async def change(tx: Transaction) -> None:
             await User.get_pymongo_collection().update_one(
                 {"_id": user.id},
                 {
@@ -57,6 +58,9 @@ class Accounts:
                 session=tx.session,
             )
             tx.emit("user.updated", {"user_id": str(user.id), "display_name": user.display_name})
+
+        # A concurrent login (last-used stamps, rehash) can win the race: run it again.
+        await self.outbox.atomic(change, request_id=info.request_id)
         return user
 
     async def delete(self, *, caller: Caller, info: RequestInfo) -> None:

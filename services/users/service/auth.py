@@ -10,7 +10,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
 from libs.common.errors import Conflict, Forbidden, Unauthenticated
-from libs.common.events import Outbox
+from libs.common.events import Outbox, Transaction
 from services.users.models import RefreshToken, Session, User, utcnow
 from services.users.service.audit import Audit
 from services.users.service.common import by_id, digest, new_secret, normalize_email
@@ -69,18 +69,23 @@ async def create_user(
         password_hash=await passwords.hash(password),
         roles=list(roles),
     )
+
+    async def create(tx: Transaction) -> None:
+        user.id = None  # a retried attempt inserts afresh
+        await user.insert(session=tx.session)
+        tx.emit(
+            "user.created",
+            {
+                "user_id": str(user.id),
+                "email": email,
+                "display_name": name,
+                "roles": user.roles,
+            },
+        )
+
     try:
-        async with outbox.transaction(request_id=info.request_id) as tx:
-            await user.insert(session=tx.session)
-            tx.emit(
-                "user.created",
-                {
-                    "user_id": str(user.id),
-                    "email": email,
-                    "display_name": name,
-                    "roles": user.roles,
-                },
-            )
+        # Concurrent registrations can conflict on the indexes: run it again.
+        await outbox.atomic(create, request_id=info.request_id)
     except DuplicateKeyError:
         # Two registrations raced past the check above; the unique index decides.
         raise Conflict("an account with this email already exists") from None

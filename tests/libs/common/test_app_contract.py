@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, Field
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
 from libs.common.app import create_service_app
 from libs.common.errors import Conflict, NotFound
@@ -45,6 +46,20 @@ async def explode(_: web.Request) -> web.Response:
     raise RuntimeError("mongodb://admin:hunter2@db.internal:27017 exploded at /srv/app.py:42")
 
 
+DATABASE_ERRORS = {
+    "conflict": OperationFailure("Write conflict during plan execution", code=112),
+    "labelled": OperationFailure(
+        "txn aborted", code=251, details={"errorLabels": ["TransientTransactionError"]}
+    ),
+    "down": ServerSelectionTimeoutError("db.internal:27017: [Errno 111] Connection refused"),
+    "other": OperationFailure("mongodb://admin:hunter2@db.internal bad plan", code=2),
+}
+
+
+async def database_error(request: web.Request) -> web.Response:
+    raise DATABASE_ERRORS[request.match_info["kind"]]
+
+
 async def whoami(request: web.Request) -> web.Response:
     return json_response({"id": principal(request).id})
 
@@ -56,6 +71,7 @@ def make_app() -> web.Application:
     app.router.add_post("/items", create_item)
     app.router.add_get("/explode", explode)
     app.router.add_get("/whoami", whoami)
+    app.router.add_get("/db/{kind}", database_error)
     return app
 
 
@@ -167,6 +183,26 @@ async def test_unexpected_exception_is_500_without_internals(
     assert resp.status == 500
     assert_problem(json.loads(text), 500, "INTERNAL")
     for leak in ("hunter2", "db.internal", "RuntimeError", "app.py", "Traceback"):
+        assert leak not in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("conflict", 409, "CONFLICT"),  # a lost race the client may simply retry
+        ("labelled", 409, "CONFLICT"),
+        ("down", 503, "UPSTREAM_UNAVAILABLE"),
+        ("other", 500, "INTERNAL"),
+    ],
+)
+async def test_database_errors_map_to_what_the_client_can_do(
+    client: TestClient[Any, Any], kind: str, status: int, code: str
+) -> None:
+    resp = await client.get(f"/db/{kind}")
+    text = await resp.text()
+    assert resp.status == status
+    assert_problem(json.loads(text), status, code)
+    for leak in ("hunter2", "db.internal", "Write conflict", "27017"):
         assert leak not in text
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import jwt
@@ -10,6 +12,7 @@ import redis.asyncio as aioredis
 
 from libs.common.identity import IDENTITY_HEADER, Principal, sign_identity
 from tests.services.users.conftest import (
+    PASSWORD,
     Users,
     identity_for,
     outbox_events,
@@ -334,3 +337,31 @@ async def test_admin_update_of_unknown_user_is_404(users: Users) -> None:
         f"/api/v1/admin/users/{'0' * 24}", json={"disabled": True}, headers=headers
     )
     await problem(resp, 404, "NOT_FOUND")
+
+
+async def test_concurrent_writes_to_one_account_all_succeed(users: Users, db: Any) -> None:
+    """Lost races (write conflicts) are run again, never a 500 (found by the soak run)."""
+    _, tokens = await users.signup()
+    headers = identity_for(tokens["access_token"])
+    names = [f"Name {i}" for i in range(12)]
+    responses = await asyncio.gather(
+        *(
+            users.client.patch("/api/v1/users/me", json={"display_name": n}, headers=headers)
+            for n in names
+        )
+    )
+    assert [r.status for r in responses] == [200] * len(names)
+    final = await (await users.client.get("/api/v1/users/me", headers=headers)).json()
+    assert final["display_name"] in names
+    assert len(await outbox_events(db, "user.updated")) == len(names)
+
+
+async def test_concurrent_registrations_all_succeed_once(users: Users, db: Any) -> None:
+    emails = [f"racer-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(8)]
+    body = {"password": PASSWORD, "display_name": "Racer"}
+    responses = await asyncio.gather(
+        *(users.client.post("/api/v1/auth/register", json={**body, "email": e}) for e in emails)
+    )
+    assert [r.status for r in responses] == [201] * len(emails)
+    assert await db["users"].count_documents({"email": {"$in": emails}}) == len(emails)
+    assert len(await outbox_events(db, "user.created")) == len(emails)
