@@ -25,9 +25,10 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from gateway import front
 from gateway.accesslog import AccessLog
 from gateway.auth import Authenticator, Jwks, Verified
-from gateway.edge import CLIENT_IP, EDGE, Edge, client_ip
+from gateway.edge import CLIENT_IP, EDGE, SECURITY_HEADERS, Edge, client_ip
 from gateway.events import events_ctx
 from gateway.openapi import DOCS_HTML, OpenApiAggregator
 from gateway.proxy import (
@@ -56,6 +57,12 @@ from libs.common.errors import (
 )
 from libs.common.http import PRINCIPAL, REQUEST_ID, problem_response, sane_request_id
 from libs.common.identity import Principal
+from libs.common.protocol import (
+    MAX_FIELD_SIZE,
+    MAX_HEADERS,
+    MAX_LINE_SIZE,
+    answer_malformed_http,
+)
 from libs.common.redis import connect_redis
 
 __all__ = ["GATEWAY", "Gateway", "create_app", "reload_routes"]
@@ -536,7 +543,16 @@ def create_app(
         return await revocations.mget((f"{settings.redis_prefix}readyz".encode(),))
 
     gateway.readiness["redis"] = redis_ready
-    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    app = web.Application(
+        handler_args={
+            "max_line_size": MAX_LINE_SIZE,
+            "max_field_size": MAX_FIELD_SIZE,
+            "max_headers": MAX_HEADERS,
+            # Bodies are relayed as sent, Content-Encoding and all: the service decodes (and
+            # answers an undecodable one with a 400); decoding here broke every gzip upload.
+            "auto_decompress": False,
+        }
+    )
     app[GATEWAY] = gateway
     app[EDGE] = edge
     listener = RevocationListener(
@@ -566,6 +582,11 @@ def create_app(
     # not aiohttp's plain-text default.
     route = app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     _bypass_router(app, route)
+    if settings.fast_front:
+        front.install(app, gateway, _next_request_id)
+    # Heads aiohttp refuses before `handle` runs get problem+json too. Last: it keeps a server
+    # class installed above (the fast front's) and serves the connections that class hands over.
+    answer_malformed_http(app, headers=SECURITY_HEADERS)
     return app
 
 

@@ -18,7 +18,7 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from gateway.revocation import MGetClient
+from gateway.revocation import MGetClient, mget_command
 from gateway.routing import Route
 from gateway.upstreams import Upstream
 from libs.common.errors import Forbidden, Unauthenticated, UpstreamUnavailable
@@ -61,6 +61,7 @@ class Verified:
     resign_at: float
     keys: tuple[bytes, ...] = ()  # revocation keys in Redis (tokens only)
     iat: int = 0
+    command: bytes = b""  # the MGET of `keys`, serialised once per token
 
 
 class Jwks:
@@ -295,7 +296,7 @@ class Authenticator:
         if sid is not None:
             keys.append(f"{p}revoked:sid:{sid}".encode())
         return Verified(principal, exp + self.leeway, identity, resign_at, tuple(keys),
-                        int(claims["iat"]))  # fmt: skip
+                        int(claims["iat"]), mget_command(keys))  # fmt: skip
 
     async def _check_revoked(self, token: str, verified: Verified) -> None:
         principal = verified.principal
@@ -303,7 +304,7 @@ class Authenticator:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")
         try:
-            values = await self.revocations.mget(verified.keys)
+            values = await self.revocations.mget(verified.keys, command=verified.command)
         except (ConnectionError, OSError, TimeoutError) as exc:
             if self.fail_open:
                 _log.warning("revocation check skipped: redis unavailable", error=str(exc))

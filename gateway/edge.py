@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from aiohttp import web
 
-__all__ = ["CLIENT_IP", "EDGE", "Edge", "client_ip"]
+__all__ = ["CLIENT_IP", "EDGE", "SECURITY_HEADERS", "Edge", "client_ip"]
 
 CLIENT_IP = web.RequestKey("client_ip", str)
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -371,6 +372,30 @@ class H1Pool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
+        # Requests awaiting their response head: one watchdog timer for all of them (armed at
+        # the earliest deadline) instead of a timer created and cancelled per request.
+        self._waiting: dict[asyncio.Future[H1Response], tuple[float, _Connection]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = math.inf
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watch_at = when
+        self._watchdog = loop.call_at(when, self._watch, loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = None
+        self._watch_at = math.inf
+        now = loop.time()
+        nearest = math.inf
+        for waiter, (deadline, conn) in list(self._waiting.items()):
+            if deadline <= now:
+                _expire_head(waiter, conn)
+            elif deadline < nearest:
+                nearest = deadline
+        if nearest < math.inf:
+            self._arm(loop, nearest)
 
     def release(self, conn: _Connection) -> None:
         if len(self._idle) < self.max_idle:
@@ -416,7 +441,12 @@ class H1Pool:
             if conn is None:
                 conn, reused = await self._acquire()
             waiter = conn.send(payload, no_body=no_body, timeout=timeout)
-            timer = loop.call_later(timeout, _expire_head, waiter, conn)
+            deadline = loop.time() + timeout
+            # Keyed by the waiter: the connection may already serve another request (it goes
+            # back to the pool as soon as its response is complete, before this coroutine runs).
+            self._waiting[waiter] = (deadline, conn)
+            if deadline < self._watch_at:
+                self._arm(loop, deadline)
             try:
                 return await waiter
             except StaleConnection:
@@ -424,13 +454,17 @@ class H1Pool:
                     raise
                 continue  # stale keep-alive connection: try once on a fresh one
             finally:
-                timer.cancel()
+                del self._waiting[waiter]
         raise UpstreamProtocolError("upstream keeps closing connections")
 
     def close(self) -> None:
         for conn in self._idle:
             conn.abort()
         self._idle.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+            self._watch_at = math.inf
 
 
 def _expire_head(waiter: asyncio.Future[Any], conn: _Connection) -> None:

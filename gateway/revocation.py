@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-__all__ = ["MGetClient", "RevocationListener"]
+__all__ = ["MGetClient", "RevocationListener", "mget_command"]
 
 _log = structlog.get_logger("portico.gateway.revocation")
 
@@ -31,6 +31,11 @@ def _command(*parts: bytes) -> bytes:
     for part in parts:
         out.append(b"$%d\r\n%s\r\n" % (len(part), part))
     return b"".join(out)
+
+
+def mget_command(keys: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """`MGET keys` in RESP, for callers that send the same MGET many times."""
+    return _command(b"MGET", *keys)
 
 
 class _Protocol(asyncio.Protocol):
@@ -62,6 +67,18 @@ class _Protocol(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         self._pending.append(payload)
         return futures
+
+    def send_one(self, payload: bytes) -> asyncio.Future[Any]:
+        """`send` for a single command (the hot path: one MGET per request)."""
+        if self.closed or self.transport is None:
+            raise ConnectionError("redis connection lost")
+        loop = self._loop
+        future = loop.create_future()
+        self.waiters.append((future, loop.time() + self.timeout))
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(payload)
+        return future
 
     def _flush(self) -> None:
         if self._pending and self.transport is not None and not self.closed:
@@ -144,12 +161,13 @@ class MGetClient:
             self._protocol = protocol
             return protocol
 
-    async def mget(self, keys: tuple[bytes, ...]) -> list[bytes | None]:
-        """MGET `keys`; raises ConnectionError/TimeoutError when Redis does not answer in time."""
+    async def mget(self, keys: tuple[bytes, ...], *, command: bytes = b"") -> list[bytes | None]:
+        """MGET `keys` (`command`: the same, pre-serialised by `mget_command`); raises
+        ConnectionError/TimeoutError when Redis does not answer in time."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        reply: list[bytes | None] = await protocol.send(_command(b"MGET", *keys), 1)[0]
+        reply: list[bytes | None] = await protocol.send_one(command or _command(b"MGET", *keys))
         return reply
 
     def close(self) -> None:

@@ -49,6 +49,9 @@ class Settings(BaseServiceSettings):
     events_enabled: bool = True
     # Body-less idempotent requests use the lean HTTP/1.1 client (gateway/h1client.py).
     fast_client: bool = True
+    # Simple body-less GET/HEAD requests on proxied routes are served by a lean HTTP/1.1 front
+    # end (gateway/front.py); everything else by aiohttp's server.
+    fast_front: bool = True
 
     # Load balancing, passive/active health and the circuit breaker.
     balancing: Literal["round_robin", "least_outstanding"] = "least_outstanding"

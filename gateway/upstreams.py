@@ -225,7 +225,12 @@ class Upstream:
         instance.failures += 1
         if instance.failures >= self.eject_after:
             self.eject(instance)
-        self.breaker.failure()
+        # One bad instance among healthy ones is ejection's business (outlier detection); the
+        # breaker is for the service failing as a whole. Counting every failure would let one
+        # SIGKILLed replica's in-flight requests open the circuit for the healthy ones too.
+        now = time.monotonic()
+        if not any(i is not instance and i.ejected_until <= now for i in self.instances):
+            self.breaker.failure()
 
     def eject(self, instance: Instance) -> None:
         delay = min(self.eject_max, self.eject_base * (2**instance.ejections))

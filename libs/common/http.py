@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from libs.common.errors import (
     BadRequest,
@@ -31,7 +31,7 @@ from libs.common.errors import (
 )
 from libs.common.identity import IDENTITY_HEADER, IdentityError, Principal, verify_identity
 from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
-from libs.common.transient import is_transient_conflict
+from libs.common.transient import is_database_unreachable, is_transient_conflict
 
 __all__ = [
     "MAX_JSON_BODY",
@@ -176,7 +176,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # another request: say so, or a keep-alive client (the gateway) reuses a closing socket.
         response.force_close()
         return response
-    except PyMongoError as exc:
+    except (PyMongoError, RuntimeError) as exc:
+        if is_database_unreachable(exc):
+            # Down, restarting, failing over: the client may retry, so it is a 503 like any
+            # other unavailable dependency, not an opaque 500.
+            _log.warning("database unreachable", route=route_template(request),
+                         error=type(exc).__name__)  # fmt: skip
+            return problem_response(UpstreamUnavailable(), request_id_of(request))
         if is_transient_conflict(exc):
             # A transaction lost a race and was not retried where it ran: the client may retry.
             _log.warning("write conflict", route=route_template(request))
@@ -184,14 +190,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 Conflict("the resource was changed concurrently; try again"),
                 request_id_of(request),
             )
-        if not isinstance(exc, ConnectionFailure):
-            _log.exception("unhandled error", route=route_template(request))
-            return problem_response(Internal(), request_id_of(request))
-        # The database is unreachable (down, restarting, failing over): the client may retry,
-        # so it is a 503 like any other unavailable dependency, not an opaque 500.
-        _log.warning("database unreachable", route=route_template(request),
-                     error=type(exc).__name__)  # fmt: skip
-        return problem_response(UpstreamUnavailable(), request_id_of(request))
+        _log.exception("unhandled error", route=route_template(request))
+        return problem_response(Internal(), request_id_of(request))
     except Exception:
         # The route template, not the path: paths can carry secrets (invitation tokens).
         _log.exception("unhandled error", route=route_template(request))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import traceback
+
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-__all__ = ["is_transient_conflict"]
+__all__ = ["is_database_unreachable", "is_transient_conflict"]
 
 _WRITE_CONFLICT = 112
 
@@ -21,3 +23,19 @@ def is_transient_conflict(exc: BaseException) -> bool:
         return True
     labels = ("TransientTransactionError", "UnknownTransactionCommitResult")
     return any(exc.has_error_label(label) for label in labels)
+
+
+def is_database_unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached (down, restarting, failing over): a 503, not a 500.
+
+    Besides `ConnectionFailure`, PyMongo's async server selection can fail with
+    `RuntimeError("cannot wait on un-acquired lock")` when its wait times out while no server
+    is selectable (the condition-variable bug of PYTHON-5167, seen on Python 3.11 while the
+    database was killed): the same situation, so the same answer.
+    """
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if not isinstance(exc, RuntimeError) or "un-acquired lock" not in str(exc):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any("/pymongo/" in frame.filename for frame in frames[-4:])

@@ -143,3 +143,49 @@ async def test_upstream_restart_does_not_break_keep_alive(
     await server.close()  # pooled keep-alive connections are now dead
     await aiohttp_server(download_app(0), port=port)
     assert (await gateway.get("/api/v1/files/sized")).status == 200
+
+
+async def test_overlapping_requests_share_keep_alive_connections(aiohttp_server: Any) -> None:
+    # A connection returns to the pool the moment its response is complete, before the request
+    # that used it resumes: the next request may already be waiting on it. Every request must
+    # still get its own answer, and the head-timeout watchdog must track each one.
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.query["n"])
+
+    app = web.Application()
+    app.router.add_get("/", echo)
+    server = await aiohttp_server(app)
+    pool = H1Pool("127.0.0.1", server.port, connect_timeout=2)
+
+    async def one(n: int) -> str:
+        response = await pool.request("GET", f"/?n={n}", [], read_timeout=5)
+        try:
+            return (await response.read()).decode()
+        finally:
+            response.release()
+
+    async def worker(first: int) -> list[str]:
+        return [await one(n) for n in range(first, first + 30)]
+
+    answers = await asyncio.gather(*(worker(w * 100) for w in range(16)))
+    assert answers == [[str(n) for n in range(w * 100, w * 100 + 30)] for w in range(16)]
+    assert not pool._waiting  # nothing left for the watchdog
+    pool.close()
+
+
+async def test_a_silent_upstream_times_out_through_the_watchdog(raw_server: Any) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = H1Pool("127.0.0.1", port, connect_timeout=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await pool.request("GET", "/", [], read_timeout=0.3)
+    assert 0.25 < loop.time() - started < 2.0
+    assert not pool._waiting
+    pool.close()
+    server.close()

@@ -43,6 +43,23 @@ async def test_killed_instance_is_ejected_and_traffic_continues(
     assert not dead.available(time.monotonic())
 
 
+async def test_one_dead_instance_does_not_open_the_circuit_for_the_healthy_one(
+    make_gateway: Any, start_upstream: StartUpstream, orgs: Upstream
+) -> None:
+    """Concurrent requests in flight on a replica that dies all fail at once; with the breaker
+    counting them, the healthy replica would be cut off too (found by the fault suite)."""
+    doomed = await start_upstream("orgs-b")
+    gateway = await make_gateway(
+        orgs_urls=f"{orgs.url},{doomed.url}", balancing="round_robin", eject_after_failures=3,
+        eject_base_seconds=60, circuit_failure_threshold=3, circuit_open_seconds=30,
+    )  # fmt: skip
+    await doomed.server.close()
+    responses = await asyncio.gather(*(gateway.get("/api/v1/public") for _ in range(24)))
+    assert [r.status for r in responses] == [200] * 24
+    assert gateway.server.app[GATEWAY].pools["orgs"].breaker.state is CircuitState.CLOSED
+    assert await circuit_metric(gateway, "orgs") == CircuitState.CLOSED
+
+
 async def test_dead_service_opens_circuit_then_closes_when_back(
     make_gateway: Any, start_upstream: StartUpstream, orgs: Upstream
 ) -> None:
