@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from gateway import front
 from gateway.accesslog import AccessLog
+from gateway.admin import admin_ctx
 from gateway.auth import Authenticator, Jwks, Verified
 from gateway.edge import CLIENT_IP, EDGE, SECURITY_HEADERS, Edge, client_ip
 from gateway.events import events_ctx
@@ -567,6 +568,7 @@ def create_app(
         app.cleanup_ctx.append(_ratelimit_ctx(settings, gateway))
     # After the cache stage: the consumer purges through it.
     app.cleanup_ctx.append(events_ctx(settings, gateway))
+    app.cleanup_ctx.append(admin_ctx(settings, lambda: gateway.cache))
 
     async def start_draining(_: web.Application) -> None:
         gateway.draining = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.common.settings import BaseServiceSettings
@@ -52,6 +52,10 @@ class Settings(BaseServiceSettings):
     # Simple body-less GET/HEAD requests on proxied routes are served by a lean HTTP/1.1 front
     # end (gateway/front.py); everything else by aiohttp's server.
     fast_front: bool = True
+    # The admin listener (cache purges; gateway/admin.py) runs only when a token is set.
+    admin_token: SecretStr | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(9180, ge=0, le=65535)
 
     # Load balancing, passive/active health and the circuit breaker.
     balancing: Literal["round_robin", "least_outstanding"] = "least_outstanding"

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -37,3 +37,7 @@ class CacheStageLike(Protocol):
     ) -> web.StreamResponse: ...
 
     async def purge_after_write(self, response_headers: Any) -> None: ...
+
+    async def purge_tags(self, tags: Iterable[str], *, reason: str = "tag") -> int: ...
+
+    async def purge_key(self, key: str) -> bool: ...
