@@ -194,8 +194,11 @@ class Bus:
             await _bounded(c.close(), "connection close")
 
 
-async def _bounded(step: Awaitable[None], what: str, timeout: float = 15.0) -> None:
-    """A teardown step that hangs fails the test loudly instead of hanging the whole run."""
+async def _bounded(step: Awaitable[None], what: str, timeout: float = 45.0) -> None:
+    """A teardown step that hangs fails the test loudly instead of hanging the whole run.
+
+    Generous: a consumer's stop is itself bounded (cancel, drain, close: up to 5 s each with
+    the test options), and a loaded CI box stretches every step."""
     try:
         await asyncio.wait_for(step, timeout)
     except TimeoutError:
