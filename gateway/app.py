@@ -489,6 +489,7 @@ def _pools(settings: Settings) -> UpstreamPools:
     }
     return UpstreamPools(upstreams, health_interval=settings.health_interval,
                          health_timeout=settings.health_timeout,
+                         unhealthy_threshold=settings.health_unhealthy_threshold,
                          connect_timeout=settings.connect_timeout)  # fmt: skip
 
 

@@ -64,6 +64,8 @@ class Settings(BaseServiceSettings):
     eject_max_seconds: float = Field(60.0, gt=0)
     health_interval: float = Field(5.0, gt=0)
     health_timeout: float = Field(1.0, gt=0)
+    # Consecutive failed /readyz checks before an instance is ejected.
+    health_unhealthy_threshold: int = Field(2, ge=1)
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_open_seconds: float = Field(10.0, gt=0)
     connect_timeout: float = Field(2.0, gt=0)

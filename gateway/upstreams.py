@@ -115,10 +115,19 @@ class CircuitBreaker:
 class Instance:
     """One address of an upstream, with its passive-health bookkeeping."""
 
-    __slots__ = ("base", "ejected_until", "ejections", "failures", "h1", "outstanding")
+    __slots__ = (
+        "base",
+        "ejected_until",
+        "ejections",
+        "failed_checks",
+        "failures",
+        "h1",
+        "outstanding",
+    )  # fmt: skip
 
     def __init__(self, base: str, *, connect_timeout: float = 2.0, fast: bool = True) -> None:
         self.base = base.rstrip("/")
+        self.failed_checks = 0  # consecutive failed active health checks
         url = URL(self.base)
         # The lean client speaks plain HTTP/1.1 only; https upstreams go through aiohttp.
         self.h1 = (
@@ -250,10 +259,12 @@ class UpstreamPools:
     """Every upstream of the gateway, their sessions and the active health checker."""
 
     def __init__(self, upstreams: dict[str, Upstream], *, health_interval: float,
-                 health_timeout: float, connect_timeout: float) -> None:  # fmt: skip
+                 health_timeout: float, connect_timeout: float,
+                 unhealthy_threshold: int = 2) -> None:  # fmt: skip
         self.upstreams = upstreams
         self.health_interval = health_interval
         self.health_timeout = health_timeout
+        self.unhealthy_threshold = unhealthy_threshold
         self.connect_timeout = connect_timeout
 
     def __getitem__(self, name: str) -> Upstream:
@@ -284,9 +295,17 @@ class UpstreamPools:
                 )
                 for instance, ok in zip(upstream.instances, results, strict=True):
                     if ok:
+                        instance.failed_checks = 0
                         if instance.ejected_until > time.monotonic():
                             upstream.readmit(instance)
-                    elif instance.ejected_until <= time.monotonic():
+                        continue
+                    instance.failed_checks += 1
+                    # One slow /readyz on a loaded box is not a dead instance (Envoy's
+                    # unhealthy_threshold): eject after consecutive failed checks only.
+                    if (
+                        instance.failed_checks >= self.unhealthy_threshold
+                        and instance.ejected_until <= time.monotonic()
+                    ):
                         upstream.eject(instance)
             await asyncio.sleep(self.health_interval * random.uniform(0.8, 1.2))  # noqa: S311
 

@@ -144,3 +144,29 @@ async def test_active_health_check_readmits_a_recovered_instance(
             break
         await asyncio.sleep(0.02)
     assert back.recorder.hits  # re-admitted by the /readyz checker long before the backoff
+
+
+async def test_one_failed_health_check_does_not_eject_two_in_a_row_do(
+    make_gateway: Any, start_upstream: StartUpstream, orgs: Upstream
+) -> None:
+    """A single slow /readyz on a loaded box must not take a healthy instance out (the fault
+    suite saw the surviving replica ejected that way just as the other one was killed)."""
+    flaky = await start_upstream("orgs-b")
+    gateway = await make_gateway(
+        orgs_urls=f"{orgs.url},{flaky.url}", eject_after_failures=100, health_interval=0.3,
+        health_timeout=0.2, circuit_failure_threshold=100,
+    )  # fmt: skip
+    pool = gateway.server.app[GATEWAY].pools["orgs"]
+    instance = next(i for i in pool.instances if i.base == flaky.url)
+    await flaky.server.close()
+    for _ in range(100):
+        if instance.failed_checks >= 1:
+            break
+        await asyncio.sleep(0.01)
+    assert instance.failed_checks == 1
+    assert instance.available(time.monotonic())  # one failed check: still in rotation
+    for _ in range(200):
+        if instance.failed_checks >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert not instance.available(time.monotonic())  # the second in a row ejects it
