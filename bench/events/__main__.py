@@ -8,6 +8,9 @@ records in MongoDB, manual acks). Latency is handler start minus the event's `oc
 is taken before the transaction commits: transaction + relay wake-up + publish/confirm + broker
 routing + delivery + the idempotency lookup. Uses the local RabbitMQ (RABBITMQ_URL) and an embedded
 SecantusDB (or MONGODB_URL), on an exchange and queues of its own that it deletes afterwards.
+
+CPU per event is reported for this process (writer, relay and consumer together) and, when it is
+embedded, for SecantusDB: on two shared cores, their sum is what caps the sustained rate.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ async def run(mongo_url: str, rabbitmq_url: str, rate: int, seconds: float) -> d
 
     watcher = asyncio.create_task(monitor()) if os.environ.get("BENCH_VERBOSE") else None
     tasks: list[asyncio.Task[None]] = []
+    cpu_started = time.process_time()
     started = time.perf_counter()
     for i in range(total):
         delay = started + i / rate - time.perf_counter()
@@ -93,6 +97,7 @@ async def run(mongo_url: str, rabbitmq_url: str, rate: int, seconds: float) -> d
     emitted = time.perf_counter()
     await asyncio.wait_for(all_done.wait(), 120)
     finished = time.perf_counter()
+    cpu_used = time.process_time() - cpu_started
     if watcher is not None:
         watcher.cancel()
 
@@ -113,7 +118,17 @@ async def run(mongo_url: str, rabbitmq_url: str, rate: int, seconds: float) -> d
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
+        "cpu_ms_per_event": cpu_used / total * 1000,
     }
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` (Linux), None where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -125,7 +140,20 @@ def main() -> None:
     rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     mongo_url = os.environ.get("MONGODB_URL")
     with EmbeddedMongo() if mongo_url is None else _Given(mongo_url) as server:
+        pid = server.process.pid if isinstance(server, EmbeddedMongo) and server.process else None
+        server_cpu = None if pid is None else _cpu_seconds(pid)
         result = uvloop.run(run(server.url, rabbitmq_url, args.rate, args.seconds))
+        if pid is not None and server_cpu is not None:
+            server_cpu_after = _cpu_seconds(pid)
+            if server_cpu_after is not None:  # set-up and clean-up included, a little
+                result["server_cpu_ms_per_event"] = (
+                    (server_cpu_after - server_cpu) / result["events"] * 1000
+                )
+    server_line = (
+        f"| SecantusDB CPU per event | {result['server_cpu_ms_per_event']:.2f} ms |\n"
+        if "server_cpu_ms_per_event" in result
+        else ""
+    )
     report = (
         f"## Event bus: outbox -> handler\n\n"
         f"`{datetime.now(UTC):%Y-%m-%d %H:%M}` · `python -m bench.events --rate {args.rate} "
@@ -141,6 +169,9 @@ def main() -> None:
         f"| latency p90 | {result['p90_ms']:.1f} ms |\n"
         f"| latency p99 | {result['p99_ms']:.1f} ms |\n"
         f"| latency max | {result['max_ms']:.1f} ms |\n"
+        f"| CPU per event, this process (writer + relay + consumer) "
+        f"| {result['cpu_ms_per_event']:.2f} ms |\n"
+        f"{server_line}"
     )
     print(report)
     if args.write is not None:

@@ -2,9 +2,10 @@
 
 A delivery is acked only after its handlers succeeded and its id was recorded in the service's
 `processed_events` collection (TTL-indexed) in the same MongoDB transaction as the handlers'
-writes (`libs.common.events.handling`); a redelivered or duplicate event is acked without
-running the handlers again. A failing delivery is re-published to `<queue>.retry.<n>`, where it
-waits out its backoff (message TTL) before being dead-lettered back to `<queue>`; after
+writes (`libs.common.events.handling`); deliveries that arrive while the handler transactions are
+busy share the next one (`libs.common.events.grouping`). A redelivered or duplicate event is acked
+without running the handlers again. A failing delivery is re-published to `<queue>.retry.<n>`,
+where it waits out its backoff (message TTL) before being dead-lettered back to `<queue>`; after
 `max_attempts` it is parked in `<queue>.dlq` with the reason in its headers.
 """
 
@@ -33,6 +34,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from libs.common.events.envelope import Event
+from libs.common.events.grouping import GroupCommit, processed_record
 from libs.common.events.handling import (
     AfterCommit,
     HandlerTransaction,
@@ -119,6 +121,15 @@ class ConsumerRuntime:
         self._idle.set()
         self._active: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._handlers: dict[str, list[EventHandler]] = {}
+        self._groups: GroupCommit | None = None
+        if processed is not None and options.group_commit > 1:
+            self._groups = GroupCommit(
+                processed,
+                self._call_handlers,
+                max_events=options.group_commit,
+                transactions=options.transactions,
+            )
 
     @property
     def routing_keys(self) -> list[str]:
@@ -182,6 +193,8 @@ class ConsumerRuntime:
             await asyncio.wait_for(self._idle.wait(), self.options.drain_timeout)
         except TimeoutError:
             _log.warning("handlers still running at shutdown", inflight=self._inflight)
+        if self._groups is not None:
+            await self._groups.close()
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._channel.close(), 5)
@@ -258,11 +271,18 @@ class ConsumerRuntime:
                 self._idle.set()
 
     def handlers_for(self, event_type: str) -> list[EventHandler]:
-        return [
-            handler
-            for patterns, handler in self.bindings
-            if any(topic_matches(p, event_type) for p in patterns)
-        ]
+        handlers = self._handlers.get(event_type)
+        if handlers is None:  # matched once per type: the bindings are fixed
+            handlers = self._handlers[event_type] = [
+                handler
+                for patterns, handler in self.bindings
+                if any(topic_matches(p, event_type) for p in patterns)
+            ]
+        return handlers
+
+    async def _call_handlers(self, event: Event) -> None:
+        for handler in self.handlers_for(event.type):
+            await handler(event)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -297,10 +317,15 @@ class ConsumerRuntime:
     async def _run_handlers(self, message: AbstractIncomingMessage, event: Event, key: str) -> None:
         try:
             if self.processed is None:
-                for handler in self.handlers_for(event.type):
-                    await handler(event)
+                await self._call_handlers(event)
             else:
-                await self._run_in_transaction(self.processed, event, key)
+                steps = None
+                # A redelivery is most likely a duplicate, which would abort a whole group.
+                if self._groups is not None and not message.redelivered:
+                    steps = await self._groups.submit(event, key)
+                if steps is None:
+                    steps = await self._run_in_transaction(self.processed, event, key)
+                await run_after_commit(steps)
         except _AlreadyProcessed:
             await message.ack()
             EVENTS_CONSUMED.labels(type=event.type, result="duplicate").inc()
@@ -314,8 +339,9 @@ class ConsumerRuntime:
 
     async def _run_in_transaction(
         self, processed: AsyncCollection[Any], event: Event, key: str
-    ) -> None:
-        """Claim the event and run its handlers in one transaction (see `events.handling`).
+    ) -> list[AfterCommit]:
+        """Claim the event and run its handlers in one transaction (see `events.handling`);
+        returns the steps to run now that it committed.
 
         The claim comes first, so a second copy of the event racing this one hits a write
         conflict (retried by `with_transaction`) and then the committed record.
@@ -324,27 +350,20 @@ class ConsumerRuntime:
 
         async def attempt(session: AsyncClientSession) -> None:
             after_commit.clear()
-            record = {
-                "_id": key,
-                "event_id": event.id,
-                "type": event.type,
-                "processed_at": datetime.now(UTC),
-            }
             try:
-                await processed.insert_one(record, session=session)
+                await processed.insert_one(processed_record(event, key), session=session)
             except DuplicateKeyError:
                 raise _AlreadyProcessed from None
             tx = HandlerTransaction(session, after_commit)
             token = set_handler_transaction(tx)
             try:
-                for handler in self.handlers_for(event.type):
-                    await handler(event)
+                await self._call_handlers(event)
             finally:
                 reset_handler_transaction(token)
 
         async with processed.database.client.start_session() as session:
             await session.with_transaction(attempt)
-        await run_after_commit(after_commit)
+        return after_commit
 
     async def _failed(self, message: AbstractIncomingMessage, event: Event, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]

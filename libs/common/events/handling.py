@@ -5,7 +5,10 @@ handlers inside the same one. A handler's writes made with `handler_session()` (
 `Outbox.transaction()`, which joins it) therefore commit atomically with that record: a
 redelivery after a crash or a cut connection finds the record and skips the handler, and a
 handler that failed half-way leaves nothing behind. Writes made outside the session (object
-storage, other databases) must be idempotent on their own.
+storage, other databases) must be idempotent on their own, and so must anything else a handler
+does before the commit: an aborted attempt runs again (after a write conflict, or when another
+event of the same group commit failed, see `events.grouping`). Work that must happen once goes in
+`after_commit`.
 """
 
 from __future__ import annotations

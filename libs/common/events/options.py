@@ -15,6 +15,8 @@ __all__ = ["BusOptions"]
 
 _SETTINGS_NAMES = {
     "prefetch": "events_prefetch",
+    "group_commit": "events_group_commit",
+    "transactions": "events_transactions",
     "max_attempts": "events_max_attempts",
     "retry_base_delay": "events_retry_base_delay",
     "retry_max_delay": "events_retry_max_delay",
@@ -34,6 +36,10 @@ class BusOptions:
 
     # consumers
     prefetch: int = 32
+    # Deliveries that wait for a handler transaction share the next one, up to this many events
+    # (1: one transaction per event); at most `transactions` run at once (see events.grouping).
+    group_commit: int = 16
+    transactions: int = 4
     max_attempts: int = 5  # deliveries of one event before it is parked in `<queue>.dlq`
     retry_base_delay: float = 1.0  # wait before the 2nd attempt; doubles per attempt
     retry_max_delay: float = 300.0

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+from bson import ObjectId
 from prometheus_client import REGISTRY
 
-from libs.common.events import Event, Outbox, handler_session
+from libs.common.events import Event, Outbox, OutboxEntry, handler_session
 from libs.common.events.consumer import ATTEMPT_HEADER, ERROR_HEADER, topic_matches
 from libs.common.events.handling import after_commit
 from libs.common.mongo import Mongo
-from tests.libs.common.events.conftest import Bus, close_connections_named, wait_until
+from tests.libs.common.events.conftest import FAST, Bus, close_connections_named, wait_until
 
 
 def effect_handler(mongo: Mongo, calls: Counter[str] | None = None) -> Any:
@@ -383,3 +386,113 @@ async def test_sent_entries_are_pruned_after_retention(mongo: Mongo, bus: Bus) -
 )
 def test_topic_matching(pattern: str, key: str, matches: bool) -> None:
     assert topic_matches(pattern, key) is matches
+
+
+async def test_a_failing_handler_in_a_group_commit_costs_the_others_nothing(
+    mongo: Mongo, bus: Bus
+) -> None:
+    """Deliveries that wait for the one transaction slot share the next transaction; one of them
+    failing after its write aborts that group, and every effect still lands exactly once."""
+    outbox = Outbox(mongo, "users")
+    await outbox.ensure_indexes()
+    calls: Counter[str] = Counter()
+    effect = effect_handler(mongo, calls)
+    sessions: dict[str, list[object]] = {}  # the transaction each call of a handler ran in
+    first = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        sessions.setdefault(event.id, []).append(handler_session())
+        if not first.is_set():  # hold the only slot so the rest queue up into one group
+            first.set()
+            await asyncio.sleep(0.3)
+        await effect(event)
+        if event.data.get("fails") and calls[event.id] == 1:
+            raise RuntimeError("crashed after writing")
+
+    grouped = dataclasses.replace(FAST, group_commit=50, transactions=1)
+    await bus.consumer("orgs", [(("user.*",), handler)], mongo=mongo, options=grouped)
+    await bus.relay(outbox)
+    async with outbox.transaction() as tx:
+        ids = [tx.emit("user.updated", {"user_id": f"u{i}"}).id for i in range(20)]
+        failing = tx.emit("user.updated", {"user_id": "x", "fails": True}).id
+        ids += [tx.emit("user.updated", {"user_id": f"v{i}"}).id for i in range(20)]
+
+    async def all_applied() -> bool:
+        return len(await applied(mongo)) == len(ids) + 1
+
+    await wait_until(all_applied, what="41 events to be applied")
+    await asyncio.sleep(0.3)
+    assert await applied(mongo) == dict.fromkeys([*ids, failing], 1)
+    assert calls[failing] == 2  # its group's attempt, then its retry
+    # The events handled ahead of it in its group: rolled back with it, then handled again on
+    # their own (a later attempt of theirs in a transaction of its own).
+    aborted_group = sessions[failing][0]
+    grouped_with = [i for i in ids if sessions[i][0] is aborted_group]
+    assert grouped_with
+    for event_id in grouped_with:
+        assert len(sessions[event_id]) >= 2
+        assert sessions[event_id][-1] is not aborted_group
+    assert await mongo.database["processed_events"].count_documents({}) == len(ids) + 1
+
+
+async def test_an_entry_committed_behind_the_relay_is_still_published(
+    mongo: Mongo, bus: Bus
+) -> None:
+    """The relay reads on past the batch it is still marking sent; an entry whose `_id` is
+    behind that point (its transaction committed late) is found by a later full read."""
+    outbox = Outbox(mongo, "users")
+    await outbox.ensure_indexes()
+    seen: Counter[str] = Counter()
+
+    async def handler(event: Event) -> None:
+        seen[event.id] += 1
+
+    await bus.consumer("orgs", [(("user.*",), handler)], mongo=mongo)
+    conn = await bus.connection()
+    channel = await conn.channel()
+    exchange = await channel.declare_exchange(bus.exchange, "topic", durable=True)
+    tap = await channel.declare_queue(f"{bus.exchange}.tap", durable=False)
+    bus.extra_queues.append(tap.name)
+    await tap.bind(exchange, "#")  # counts raw publications
+    ids: list[str] = []
+    for _ in range(5):  # a backlog: the relay reads full batches
+        ids += await emit(outbox, 200)
+    await bus.relay(outbox)
+    late = Event(type="user.updated", source="users", data={"user_id": "late"})
+    entry = OutboxEntry.from_event(late).model_dump()
+    entry["_id"] = ObjectId.from_datetime(datetime.now(UTC) - timedelta(minutes=5))
+    await asyncio.sleep(0.05)
+    await outbox.collection.insert_one(entry)
+
+    async def all_seen() -> bool:
+        return set(seen) == {*ids, late.id}
+
+    await wait_until(all_seen, what="the backlog and the late entry")
+
+    async def all_marked_sent() -> bool:
+        return await outbox.collection.count_documents({"status": "pending"}) == 0
+
+    await wait_until(all_marked_sent, what="every entry marked sent")
+    messages = await bus.queue_messages(tap.name)
+    assert Counter(m.message_id for m in messages) == Counter([*ids, late.id])  # each once
+
+
+async def test_an_insert_by_another_process_wakes_the_relay_before_its_poll(
+    mongo: Mongo, bus: Bus
+) -> None:
+    outbox, other_process = Outbox(mongo, "users"), Outbox(mongo, "users")
+    await outbox.ensure_indexes()
+    seen: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(event)
+
+    await bus.consumer("orgs", [(("user.*",), handler)], mongo=mongo)
+    await bus.relay(outbox, options=dataclasses.replace(FAST, poll_interval=60.0))
+    await asyncio.sleep(0.3)  # the relay is idle, waiting for work
+    [event_id] = await emit(other_process, 1)  # no in-process signal reaches the relay
+
+    async def arrived() -> bool:
+        return [e.id for e in seen] == [event_id]
+
+    await wait_until(arrived, timeout=10, what="the change stream to wake the relay")
