@@ -46,7 +46,7 @@ class PurgeRequest(BaseModel):
     keys: list[Token] = Field(default_factory=list, max_length=1000)
 
     @model_validator(mode="after")
-    def _something(self) -> PurgeRequest:
+    def _names_a_tag_or_key(self) -> PurgeRequest:
         if not self.tags and not self.keys:
             raise ValueError("name at least one tag or key")
         return self

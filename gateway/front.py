@@ -42,10 +42,10 @@ from gateway.proxy import (
     _RESPONSE_DROP,
     SMALL_BODY,
     body_chunks,
-    filter_response_headers,
     forward_headers,
     is_compressible,
     raw_headers,
+    response_headers,
     send_upstream,
 )
 from libs.common.errors import Internal, PorticoError, UpstreamTimeout, UpstreamUnavailable
@@ -598,12 +598,7 @@ class FastFront(asyncio.Protocol):
     async def _relay_named(self, head: _Head, upstream: Any, extra: list[tuple[str, str]],
                            written: list[bool]) -> int:  # fmt: skip
         """The rare upstream `Connection: <names>`: the generic (multidict) filtering."""
-        headers = filter_response_headers(raw_headers(upstream))
-        for name, value in extra:
-            if name == "Vary" and "Vary" in headers:
-                headers["Vary"] = f"{headers['Vary']}, {value}"
-            else:
-                headers[name] = value
+        headers = response_headers(raw_headers(upstream), extra)
         vary = headers.get("Vary")
         lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
         return await self._respond(

@@ -114,6 +114,20 @@ def filter_response_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[s
     return CIMultiDict(kept)
 
 
+def response_headers(
+    upstream: Iterable[tuple[str, str]], extra: Iterable[tuple[str, str]]
+) -> CIMultiDict[str]:
+    """The upstream's headers to relay (`filter_response_headers`) plus the gateway's own;
+    a `Vary` of both is merged into one."""
+    headers = filter_response_headers(upstream)
+    for name, value in extra:
+        if name == "Vary" and "Vary" in headers:
+            headers["Vary"] = f"{headers['Vary']}, {value}"
+        else:
+            headers[name] = value
+    return headers
+
+
 def is_compressible(content_type: str) -> bool:
     return content_type.startswith(_COMPRESSIBLE) or content_type.endswith(("+json", "+xml"))
 
@@ -272,12 +286,7 @@ async def relay(
 ) -> web.StreamResponse:
     """Relay the upstream response to the client, streaming bodies that are large or unsized."""
     try:
-        headers = filter_response_headers(raw_headers(upstream_response))
-        for name, value in extra_headers:
-            if name == "Vary" and "Vary" in headers:
-                headers["Vary"] = f"{headers['Vary']}, {value}"
-            else:
-                headers[name] = value
+        headers = response_headers(raw_headers(upstream_response), extra_headers)
         status = upstream_response.status
         length = upstream_response.content_length
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200

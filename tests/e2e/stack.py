@@ -7,6 +7,7 @@ stack's directory so tests can grep them (e.g. for leaked secrets).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,8 +16,10 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from libs.common.embedded import EmbeddedMongo, free_port, wait_for_port
 
@@ -222,3 +225,13 @@ class Stack:
         if self.vhost:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _rabbitmqctl("delete_vhost", self.vhost)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    """The first truthy result of `check`, or its last result after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.25)

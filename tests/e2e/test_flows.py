@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 from PIL import Image
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, eventually
 
 PASSWORD = "a long enough passphrase 42"
 
@@ -40,15 +37,6 @@ async def register_and_login(
         assert resp.status == 200, await resp.text()
         tokens = await resp.json()
     return user["id"], {"Authorization": f"Bearer {tokens['access_token']}"}, email
-
-
-async def eventually(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.2)
 
 
 async def test_register_login_me_is_cached_per_user_and_fresh_after_patch(
@@ -115,7 +103,7 @@ async def test_org_file_sharing_and_user_deleted_cascade(
         async with http.post(accept, headers=member) as r:
             return r.status == 200
 
-    assert await eventually(accepted)
+    assert await eventually(accepted, timeout=15)
     form = aiohttp.FormData()
     form.add_field("org_id", org["id"])
     form.add_field(
@@ -130,7 +118,7 @@ async def test_org_file_sharing_and_user_deleted_cascade(
         async with http.get(f"{gw}/api/v1/files/{shared['id']}/content", headers=member) as r:
             return r.status == 200 and await r.read() == b"hello org\n"
 
-    assert await eventually(member_reads)
+    assert await eventually(member_reads, timeout=15)
     async with http.get(f"{gw}/api/v1/files/{shared['id']}", headers=outsider) as r:
         assert r.status == 404
     async with http.get(f"{gw}/api/v1/orgs/{org['id']}", headers=outsider) as r:
@@ -144,7 +132,7 @@ async def test_org_file_sharing_and_user_deleted_cascade(
         async with http.get(f"{gw}/api/v1/orgs/{org['id']}", headers=member) as r:
             return r.status == 200 and (await r.json())["role"] == "owner"
 
-    assert await eventually(member_is_owner)
+    assert await eventually(member_is_owner, timeout=15)
     async with http.get(f"{gw}/api/v1/files/{shared['id']}", headers=member) as r:
         assert r.status == 200
     assert owner_id != member_id
@@ -169,7 +157,7 @@ async def test_an_uploaded_image_gets_a_thumbnail_through_the_bus(
         async with http.get(url, headers=user) as r:
             return await r.read() if r.status == 200 else None
 
-    thumbnail = await eventually(rendered)
+    thumbnail = await eventually(rendered, timeout=15)
     assert thumbnail is not None
     with Image.open(io.BytesIO(thumbnail)) as image:
         assert image.size == (256, 128)

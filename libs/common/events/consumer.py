@@ -183,7 +183,8 @@ class ConsumerRuntime:
         """Stop taking deliveries, let in-flight handlers finish, close the channel."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a channel close that ignores the cancellation must not hang
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks = []
         if self._queue is not None and self._consumer_tag is not None:
             with contextlib.suppress(Exception):
@@ -194,7 +195,7 @@ class ConsumerRuntime:
         except TimeoutError:
             _log.warning("handlers still running at shutdown", inflight=self._inflight)
         if self._groups is not None:
-            await self._groups.close()
+            await self._groups.close(grace=self.options.drain_timeout)
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._channel.close(), 5)

@@ -172,7 +172,14 @@ class GroupCommit:
             finally:
                 reset_handler_transaction(token)
 
-    async def close(self) -> None:
-        """Wait for the group transactions under way (their deliveries are waiting on them)."""
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+    async def close(self, grace: float) -> None:
+        """Wait up to `grace` seconds for the group transactions under way, then cancel the rest: an
+        aborted group commits nothing and its unacked deliveries come back (`with_transaction`
+        may otherwise keep re-running a conflicting group for two minutes)."""
+        if not self._running:
+            return
+        _, stuck = await asyncio.wait(set(self._running), timeout=grace)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=grace)

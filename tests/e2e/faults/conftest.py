@@ -3,10 +3,8 @@ clients, and polling."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -118,13 +116,3 @@ def assert_clean_failure(status: int, content_type: str, body: Any, allowed: set
     assert body["status"] == status
     assert "Traceback" not in str(body)
     assert "mongo" not in str(body).lower()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    """The first truthy result of `check`, or its last result after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.25)

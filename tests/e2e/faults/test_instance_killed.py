@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.faults.conftest import assert_clean_failure, eventually, running_stack, signed_in
-from tests.e2e.stack import Stack
+from tests.e2e.faults.conftest import assert_clean_failure, running_stack, signed_in
+from tests.e2e.stack import Stack, eventually
 
 VICTIM = "users-2"
 

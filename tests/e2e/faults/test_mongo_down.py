@@ -16,13 +16,12 @@ from pymongo import AsyncMongoClient
 from tests.e2e.faults.conftest import (
     PROBLEM,
     assert_clean_failure,
-    eventually,
     register,
     running_stack,
     signed_in,
     unique_email,
 )
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, eventually
 
 
 @pytest.fixture

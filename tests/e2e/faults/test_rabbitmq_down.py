@@ -13,12 +13,11 @@ from pymongo import AsyncMongoClient
 
 from tests.e2e.faults.conftest import (
     assert_clean_failure,
-    eventually,
     register,
     running_stack,
     unique_email,
 )
-from tests.e2e.stack import Stack, _rabbitmqctl
+from tests.e2e.stack import Stack, _rabbitmqctl, eventually
 
 WRITES = 25
 

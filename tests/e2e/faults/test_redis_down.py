@@ -14,13 +14,12 @@ import pytest
 from tests.e2e.faults.conftest import (
     PASSWORD,
     assert_clean_failure,
-    eventually,
     register,
     running_stack,
     signed_in,
     unique_email,
 )
-from tests.e2e.stack import Stack
+from tests.e2e.stack import Stack, eventually
 
 LOGIN_BURST = 4
 
