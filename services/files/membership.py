@@ -8,7 +8,8 @@ from datetime import datetime
 
 from pymongo.errors import DuplicateKeyError
 
-from services.files.models import OrgMembership, utcnow
+from libs.common.timestamps import utcnow
+from services.files.models import OrgMembership
 
 __all__ = ["ADMIN_ROLES", "MembershipView"]
 

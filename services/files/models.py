@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from beanie import Document
 from pydantic import Field
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-
-def utcnow() -> datetime:
-    # MongoDB keeps milliseconds: truncating here makes the 201 body equal to later reads.
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+from libs.common.timestamps import utcnow
 
 
 class FileStatus(StrEnum):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, Field
 
+from libs.common.timestamps import Timestamp
 from services.files.models import FileRecord
 
 
@@ -17,7 +16,7 @@ class FilePublic(BaseModel):
     sha256: str
     owner_id: str
     org_id: str | None
-    created_at: datetime
+    created_at: Timestamp
 
     @classmethod
     def from_model(cls, record: FileRecord) -> FilePublic:
@@ -40,7 +39,7 @@ class FilesPage(BaseModel):
 
 class FileUrl(BaseModel):
     url: str
-    expires_at: datetime
+    expires_at: Timestamp
 
 
 class FilesQuery(BaseModel):

@@ -29,10 +29,11 @@ from libs.common.errors import (
 )
 from libs.common.events import Outbox
 from libs.common.events.handling import after_commit, handler_session
+from libs.common.timestamps import utcnow
 from services.files.content import content_disposition, resolve_type, sniff
 from services.files.membership import ADMIN_ROLES, MembershipView
 from services.files.metering import Meter, read_head
-from services.files.models import FileRecord, FileStatus, OrgMembership, utcnow
+from services.files.models import FileRecord, FileStatus, OrgMembership
 from services.files.settings import Settings
 from services.files.storage import ObjectStorage
 from services.files.thumbnails import THUMBNAIL_TYPES, ThumbnailError, render_thumbnail

@@ -6,16 +6,14 @@ carries `org_id`, so deleting an org is one `delete_many` per collection.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from beanie import Document, PydanticObjectId
 from pydantic import Field
 from pymongo import ASCENDING, IndexModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from libs.common.timestamps import utcnow
 
 
 class Role(StrEnum):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from libs.common.timestamps import Timestamp
 from services.orgs.models import Invitation, Membership, Org, Role, Team, TeamMember
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,38}[a-z0-9]")
@@ -85,8 +86,8 @@ class OrgPublic(BaseModel):
     id: str
     name: str
     slug: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
     role: Role
 
     @classmethod
@@ -104,7 +105,7 @@ class OrgPublic(BaseModel):
 class MemberPublic(BaseModel):
     user_id: str
     role: Role
-    joined_at: datetime
+    joined_at: Timestamp
 
     @classmethod
     def from_model(cls, membership: Membership) -> MemberPublic:
@@ -130,8 +131,8 @@ class InvitationPublic(BaseModel):
     email: str
     role: Role
     inviter_id: str
-    created_at: datetime
-    expires_at: datetime
+    created_at: Timestamp
+    expires_at: Timestamp
     status: Literal["pending", "expired"]
 
     @classmethod
@@ -156,8 +157,8 @@ class InvitationCreated(BaseModel):
     email: str
     role: Role
     token: str
-    created_at: datetime
-    expires_at: datetime
+    created_at: Timestamp
+    expires_at: Timestamp
 
 
 class TeamPublic(BaseModel):
@@ -165,8 +166,8 @@ class TeamPublic(BaseModel):
     org_id: str
     name: str
     member_count: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
     @classmethod
     def from_model(cls, team: Team, *, member_count: int) -> TeamPublic:
@@ -182,7 +183,7 @@ class TeamPublic(BaseModel):
 
 class TeamMemberPublic(BaseModel):
     user_id: str
-    added_at: datetime
+    added_at: Timestamp
 
     @classmethod
     def from_model(cls, member: TeamMember) -> TeamMemberPublic:

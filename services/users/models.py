@@ -6,18 +6,14 @@ and API keys as SHA-256 digests, signing keys' private halves AES-GCM encrypted.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from beanie import Document
 from pydantic import Field
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-
-def utcnow() -> datetime:
-    """Now, at MongoDB's millisecond precision (so a value reads back exactly as written)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+from libs.common.timestamps import utcnow
 
 
 class User(Document):

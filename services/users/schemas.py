@@ -6,12 +6,12 @@ never silently half-applied (mass assignment).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 from libs.common.pagination import PageParams
+from libs.common.timestamps import Timestamp
 from services.users.models import ApiKey, Session, User
 
 Tier = Literal["free", "pro", "enterprise"]
@@ -82,8 +82,8 @@ class TokenResponse(BaseModel):
 
 class SessionPublic(BaseModel):
     id: str
-    created_at: datetime
-    last_used_at: datetime
+    created_at: Timestamp
+    last_used_at: Timestamp
     user_agent: str | None
     ip: str | None
     current: bool
@@ -128,8 +128,8 @@ class UserPublic(BaseModel):
     email: str
     display_name: str
     roles: list[str]
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
     @classmethod
     def from_model(cls, user: User) -> UserPublic:
@@ -158,7 +158,7 @@ class UserProfile(BaseModel):
 
     id: str
     display_name: str
-    created_at: datetime
+    created_at: Timestamp
     email: str | None = None
 
     @classmethod
@@ -224,8 +224,8 @@ class ApiKeyPublic(BaseModel):
     prefix: str
     scopes: list[str]
     tier: str
-    created_at: datetime
-    last_used_at: datetime | None
+    created_at: Timestamp
+    last_used_at: Timestamp | None
 
     @classmethod
     def from_model(cls, key: ApiKey) -> ApiKeyPublic:

@@ -16,13 +16,13 @@ from pymongo.errors import DuplicateKeyError
 from libs.common.errors import Conflict, Forbidden, Gone, NotFound
 from libs.common.events import Transaction
 from libs.common.identity import Principal
+from libs.common.timestamps import format_timestamp, utcnow
 from services.orgs.models import (
     Invitation,
     InvitationStatus,
     Membership,
     Role,
     UserEmail,
-    utcnow,
 )
 from services.orgs.service.base import Page, ServiceBase, oid, page_of
 from services.orgs.service.rules import Op, authorize
@@ -81,7 +81,7 @@ class InvitationOps(ServiceBase):
                     "email": email,
                     "role": role.value,
                     "token": token,
-                    "expires_at": invitation.expires_at.isoformat(),
+                    "expires_at": format_timestamp(invitation.expires_at),
                 },
             )
             return invitation

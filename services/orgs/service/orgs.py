@@ -9,7 +9,8 @@ from pymongo.errors import DuplicateKeyError
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import Transaction
 from libs.common.identity import Principal
-from services.orgs.models import Membership, Org, Role, utcnow
+from libs.common.timestamps import utcnow
+from services.orgs.models import Membership, Org, Role
 from services.orgs.service.base import Page, ServiceBase, oid, page_of
 from services.orgs.service.rules import Op, authorize
 

@@ -8,7 +8,8 @@ from pymongo.errors import DuplicateKeyError
 from libs.common.errors import Conflict, InvalidInput, NotFound
 from libs.common.events import Transaction
 from libs.common.identity import Principal
-from services.orgs.models import Team, TeamMember, utcnow
+from libs.common.timestamps import utcnow
+from services.orgs.models import Team, TeamMember
 from services.orgs.service.base import Page, ServiceBase, oid, page_of
 from services.orgs.service.rules import Op, authorize
 

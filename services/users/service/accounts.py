@@ -9,7 +9,8 @@ from bson import ObjectId
 
 from libs.common.errors import Conflict, Forbidden, NotFound
 from libs.common.events import Outbox, Transaction
-from services.users.models import ApiKey, User, utcnow
+from libs.common.timestamps import utcnow
+from services.users.models import ApiKey, User
 from services.users.service.audit import Audit
 from services.users.service.common import by_id, object_id
 from services.users.service.context import Caller, RequestInfo

@@ -12,7 +12,8 @@ from pymongo.errors import DuplicateKeyError
 
 from libs.common.errors import Forbidden, NotFound
 from libs.common.events import Outbox
-from services.users.models import ApiKey, User, utcnow
+from libs.common.timestamps import utcnow
+from services.users.models import ApiKey, User
 from services.users.service.audit import Audit
 from services.users.service.common import by_id, digest
 from services.users.service.context import Caller, RequestInfo

@@ -11,7 +11,8 @@ from pymongo.errors import DuplicateKeyError
 
 from libs.common.errors import Conflict, Forbidden, Unauthenticated
 from libs.common.events import Outbox, Transaction
-from services.users.models import RefreshToken, Session, User, utcnow
+from libs.common.timestamps import utcnow
+from services.users.models import RefreshToken, Session, User
 from services.users.service.audit import Audit
 from services.users.service.common import by_id, digest, new_secret, normalize_email
 from services.users.service.context import Caller, RequestInfo

@@ -9,7 +9,8 @@ import structlog
 
 from libs.common.errors import Gone, InvalidInput, Unauthenticated
 from libs.common.events import Outbox
-from services.users.models import PasswordReset, User, utcnow
+from libs.common.timestamps import format_timestamp, utcnow
+from services.users.models import PasswordReset, User
 from services.users.service.audit import Audit
 from services.users.service.common import by_id, digest, new_secret, normalize_email
 from services.users.service.context import Caller, RequestInfo
@@ -128,7 +129,7 @@ class Credentials:
                     "user_id": str(user.id),
                     "email": user.email,
                     "token": token,
-                    "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                    "expires_at": format_timestamp(expires),
                 },
             )
             await self.audit.record(

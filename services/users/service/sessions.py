@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from libs.common.errors import Forbidden, NotFound
 from libs.common.events import Outbox, Transaction
-from services.users.models import Session, utcnow
+from libs.common.timestamps import utcnow
+from services.users.models import Session
 from services.users.service.common import by_id, object_id
 from services.users.service.context import Caller, RequestInfo
 from services.users.service.revocation import Revocations

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from services.users.models import SigningKey, utcnow
+from libs.common.timestamps import utcnow
+from services.users.models import SigningKey
 from services.users.tokens import jwk_of
 
 __all__ = ["KeyRing", "SigningKeyError", "derive_kek"]

@@ -3,6 +3,7 @@ clients, and polling."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -65,6 +66,34 @@ def running_stack(
         if stack.mongo is not None:
             stack.mongo.stop(kill=True)
         stack.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def print_stack_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed fault test shows what the processes logged above info level (in CI, nothing
+    else is left to read once the temporary directory is gone)."""
+    yield
+    if not request.node.stash.get(_CALL_FAILED, False):
+        return
+    stack = request.node.funcargs.get("stack")
+    if not isinstance(stack, Stack):
+        return
+    for process in stack.processes.values():
+        lines = process.log.read_text(errors="replace").splitlines() if process.log.exists() else []
+        notable = [line for line in lines if '"level":"info"' not in line and line.strip()]
+        sys.stdout.write(f"--- {process.name}: {len(notable)} notable log lines (last 40) ---\n")
+        sys.stdout.write("\n".join(notable[-40:]) + "\n")
 
 
 @pytest.fixture

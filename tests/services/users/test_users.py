@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -53,6 +54,9 @@ async def test_patch_me_updates_the_display_name_and_emits_user_updated(
     assert resp.status == 200
     body = await resp.json()
     assert body["display_name"] == "Grace"
+    # One fixed-width format (milliseconds, Z), so timestamps compare and sort as strings.
+    for stamp in (body["updated_at"], body["created_at"], user["updated_at"]):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), stamp
     assert body["updated_at"] >= user["updated_at"]
     assert resp.headers["Surrogate-Key"] == f"user:{user['id']}"
     [event] = await outbox_events(db, "user.updated")
