@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import MutableMapping
 from functools import lru_cache
 
 from aiohttp import web
@@ -88,9 +89,8 @@ class Edge:
             return "*"
         return None
 
-    def decorate(self, request: web.Request, headers: object) -> None:
-        """Add security and CORS headers to a response's headers (a CIMultiDict)."""
-        assert hasattr(headers, "__setitem__")
+    def decorate(self, request: web.Request, headers: MutableMapping[str, str]) -> None:
+        """Add security and CORS headers to a response's headers (a CIMultiDict or a dict)."""
         for name, value in SECURITY_HEADERS:
             headers[name] = value
         if self.behind_tls(request):
@@ -101,7 +101,13 @@ class Edge:
             if allowed is not None:
                 headers["Access-Control-Allow-Origin"] = allowed
                 if allowed != "*":
-                    headers["Vary"] = "Origin"
+                    # Added to what the response already varies on (a cached entry's
+                    # `Accept-Encoding`), never in its place.
+                    vary = headers.get("Vary")
+                    if not vary:
+                        headers["Vary"] = "Origin"
+                    elif "origin" not in vary.lower():
+                        headers["Vary"] = f"{vary}, Origin"
                     if self.credentials:
                         headers["Access-Control-Allow-Credentials"] = "true"
                 headers["Access-Control-Expose-Headers"] = (

@@ -35,9 +35,10 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
+from gateway.cache.entry import Entry
 from gateway.proxy import (
     _RESPONSE_DROP,
     SMALL_BODY,
@@ -82,6 +83,9 @@ _SERVER = SERVER_SOFTWARE.encode()
 _ZLIB_SYNC_MAX = 4096  # like aiohttp: compress bigger bodies in the executor
 
 
+_NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+
+
 class _Head:
     """The little of `web.Request` the edge helpers and `send_upstream` read (duck-typed)."""
 
@@ -109,7 +113,11 @@ class _Head:
         """The parsed query string, as aiohttp's `request.query` (yarl) parses it."""
         if self._query is None:
             _, _, query = self.raw_path.partition("?")
-            self._query = URL.build(path=self.path, query_string=query, encoded=True).query
+            self._query = (
+                URL.build(path=self.path, query_string=query, encoded=True).query
+                if query
+                else _NO_QUERY
+            )
         return self._query
 
 
@@ -138,6 +146,13 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _reason(status).encode("latin-1", "replace"))
+
+
+_STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
 def _head_bytes(status: int, reason: str, headers: Any, *, close: bool) -> bytearray:
@@ -501,13 +516,22 @@ class FastFront(asyncio.Protocol):
             )  # fmt: skip
             if decision is not None:
                 extra.extend(decision.headers().items())
+        probe: Any = None
+        cache = gateway.cache
+        if route.cache is not None and cache is not None:
+            found = await cache.probe(request, route.cache, principal, route.template)
+            if isinstance(found, tuple):
+                entry, age = found
+                status = self._hit(head, entry, age, extra, request_id, written)
+                return status, principal.id if principal is not None else None
+            probe = found
         identity = gateway.auth.identity_of(verified) if verified is not None else None
         forwarded = forward_headers(request, gateway.edge, identity=identity, request_id=request_id)
-        if route.cache is not None and gateway.cache is not None:
-            cached = await gateway.cache.handle(
+        if route.cache is not None and cache is not None:
+            cached = await cache.handle(
                 request, policy=route.cache, principal=principal,
                 fetch=self.server.buffered_fetch(request, gateway, route, forwarded),
-                route=route.template,
+                route=route.template, probe=probe,
             )  # fmt: skip
             status = self._local(head, cached, extra, request_id, written)
             return status, principal.id if principal is not None else None
@@ -525,6 +549,40 @@ class FastFront(asyncio.Protocol):
         finally:
             response.release()
         return status, principal.id if principal is not None else None
+
+    def _hit(self, head: _Head, entry: Entry, age: int, extra: list[tuple[str, str]],
+             request_id: str, written: list[bool]) -> int:  # fmt: skip
+        """A fresh cache entry as stored: its pre-rendered header lines plus what this answer
+        adds, the same headers `_local` would write for it (`CacheStage.probe` chose it)."""
+        wire = entry.wire_headers()
+        assert wire is not None, "CacheStage.probe hands over only entries with wire headers"
+        lines, vary = wire
+        status = entry.status
+        body = entry.body
+        out = bytearray(_STATUS_LINES.get(status) or _status_line(status))
+        out += lines
+        if entry.gzipped:
+            out += b"Content-Encoding: gzip\r\n"
+        own: dict[str, str] = {"Vary": vary} if vary is not None else {}
+        for name, value in extra:
+            own[name] = value
+        own["X-Request-ID"] = request_id
+        self.gateway.edge.decorate(cast(web.Request, head), own)
+        own["Content-Length"] = str(len(body))
+        text = "".join([f"{name}: {value}\r\n" for name, value in own.items()])
+        if "\r\n" in request_id or text.count("\n") != len(own):
+            raise ValueError("newline in a response header")  # as the generic writer refuses
+        out += b"X-Cache-Status: HIT\r\nAge: %d\r\n" % age
+        out += text.encode("utf-8", "surrogateescape")
+        out += b"Date: " + _DATE.now() + b"\r\nServer: " + _SERVER + b"\r\n"
+        if self.closing:
+            out += b"Connection: close\r\n"
+        out += b"\r\n"
+        if head.method != "HEAD":
+            out += body
+        written[0] = True
+        self._write(out)
+        return status
 
     def _local(self, head: _Head, response: web.StreamResponse, extra: list[tuple[str, str]],
                request_id: str, written: list[bool]) -> int:  # fmt: skip

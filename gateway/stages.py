@@ -34,7 +34,12 @@ class CacheStageLike(Protocol):
         principal: Principal | None,
         fetch: Callable[[], Awaitable[Any]],
         route: str | None = None,
+        probe: Any = None,
     ) -> web.StreamResponse: ...
+
+    async def probe(
+        self, request: web.Request, policy: Any, principal: Principal | None, label: str
+    ) -> tuple[Any, int] | Any: ...
 
     async def purge_after_write(self, response_headers: Any) -> None: ...
 

@@ -328,6 +328,9 @@ class Bench:
             "(5) gateway 429 path": (url("gw_rl", "/api/v1/denied"), plain, [gw_rl], 429),
             "(6) gateway API-key GET": (url("gw", "/api/v1/bench"), apikey, [gw], None),
         }
+        if self.args.runs:
+            wanted = [part.strip() for part in self.args.runs.split(",") if part.strip()]
+            runs = {name: run for name, run in runs.items() if any(w in name for w in wanted)}
         print("warm-up (fills caches, JWKS, key resolution, keep-alive pools)", flush=True)
         for target, script, _, expect in runs.values():
             run_wrk(
@@ -356,12 +359,13 @@ class Bench:
             "(1) gateway cache hit public": ["nginx proxy_cache public"],
             "(3) gateway cache miss auth GET": ["upstream direct", "nginx proxy"],
         }
+        paced = {name: others for name, others in paced.items() if name in runs}
         for gateway_run, baselines in paced.items():
             # A 10 ms pause per connection: response times add less to the cycle than with 1-2 ms.
             rate = best[gateway_run].rps / 2
             delay = 10
             connections = max(2, round(rate * delay / 1000))
-            for name in (gateway_run, *baselines):
+            for name in (gateway_run, *(b for b in baselines if b in runs)):
                 target, script, pids, _ = runs[name]
                 headers = {} if script == anon else auth
                 lua = self.script(f"paced_{len(self.paced)}", headers=headers, delay_ms=delay)
@@ -388,6 +392,7 @@ class Bench:
             self.profiles = {
                 name: profile(gw, runs[name][0], runs[name][1], seconds, self.gen_cpus, self.work)
                 for name in ("(1) gateway cache hit public", "(3) gateway cache miss auth GET")
+                if name in runs
             }
 
     # --- part 2: the platform (login, files) -----------------------------------------------------
@@ -507,6 +512,12 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not taskset wrk / servers")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--only", choices=["proxies", "platform"], default=None)
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help="only the runs whose name contains one of these comma-separated substrings"
+        " (and their paced and profiled variants): for iterating on one hot path",
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "report")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):

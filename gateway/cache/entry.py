@@ -44,6 +44,8 @@ class Entry:
     tags: list[str]
     # Built once per decoded entry and copied per answer (a C-level copy), never stored.
     prepared: CIMultiDict[str] | None = field(default=None, compare=False, repr=False)
+    # The fast front end's rendering of `headers` (see `wire_headers`), never stored.
+    wire: tuple[bytes, str | None] | None = field(default=None, compare=False, repr=False)
 
     def response_headers(self) -> CIMultiDict[str]:
         """A fresh, mutable copy of the client-facing headers."""
@@ -51,9 +53,61 @@ class Entry:
             self.prepared = CIMultiDict(self.headers)
         return self.prepared.copy()
 
+    def wire_headers(self) -> tuple[bytes, str | None] | None:
+        """`headers` as header lines, minus `Vary` (returned apart: the edge may add `Origin`
+        to it) and the security headers the gateway always sets itself; None when the entry has
+        a header the gateway only sometimes replaces (so only the generic path knows the
+        answer) or is one the generic path shapes (no-body statuses, no `Content-Type`)."""
+        if self.wire is None:
+            self.wire = _render(self)
+        return None if self.wire is _UNSUITED else self.wire
+
     @property
     def size(self) -> int:
         return len(self.body) + 256
+
+
+# Set on some answers only (TLS, CORS, rate limits, gzip) or by the writer itself: an entry
+# carrying one of these is answered by the generic path, which knows who wins.
+_CONDITIONAL = frozenset(
+    {
+        "strict-transport-security", "access-control-allow-origin", "content-encoding",
+        "access-control-allow-credentials", "access-control-expose-headers", "ratelimit-limit",
+        "ratelimit-remaining", "ratelimit-reset", "retry-after", "x-request-id", "age",
+        "x-cache-status", "content-length", "transfer-encoding", "date", "server", "connection",
+    }
+)  # fmt: skip
+# Always set by the gateway (gateway.edge.SECURITY_HEADERS), replacing an upstream value.
+_ALWAYS = frozenset({"x-content-type-options", "x-frame-options", "referrer-policy"})
+
+
+_UNSUITED: tuple[bytes, str | None] = (b"", None)
+
+
+def _render(entry: Entry) -> tuple[bytes, str | None]:
+    if entry.status in (204, 304) or entry.status < 200:
+        return _UNSUITED
+    lines: list[str] = []
+    vary: str | None = None
+    typed = False
+    for name, value in entry.headers:
+        lower = name.lower()
+        if lower in _CONDITIONAL:
+            return _UNSUITED
+        if lower in _ALWAYS:
+            continue
+        if lower == "vary":
+            if vary is not None:
+                return _UNSUITED
+            vary = value
+            continue
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            return _UNSUITED  # the generic writer refuses it (a 500), never split a response
+        typed = typed or lower == "content-type"
+        lines.append(f"{name}: {value}\r\n")
+    if entry.body and not typed:
+        return _UNSUITED
+    return "".join(lines).encode("utf-8", "surrogateescape"), vary
 
 
 def encode_entry(entry: Entry) -> bytes:

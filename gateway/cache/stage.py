@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -42,7 +43,7 @@ from libs.common.errors import UpstreamTimeout, UpstreamUnavailable
 from libs.common.events import Event
 from libs.common.identity import Principal
 
-__all__ = ["CacheStage", "EntryReader"]
+__all__ = ["CacheStage", "EntryReader", "Probe"]
 
 _log = structlog.get_logger("portico.gateway.cache")
 
@@ -60,9 +61,25 @@ class EntryReader(Protocol):
     async def mget(self, keys: tuple[bytes, ...]) -> list[bytes | None]: ...
 
 
+def _revalidates(request: web.Request) -> bool:
+    """The client asks for a fresh answer (`Cache-Control: no-cache`, HTTP/1.0 `Pragma`)."""
+    headers = request.headers
+    return "no-cache" in headers.get("Cache-Control", "").lower() or (
+        "no-cache" in headers.get("Pragma", "").lower()
+    )
+
+
 def _route_label(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
+
+
+@dataclass(slots=True)
+class Probe:
+    """What `CacheStage.probe` looked up, handed on to `handle` so it does not look again."""
+
+    key: str
+    entry: Entry | None
 
 
 class CacheStage:
@@ -125,22 +142,21 @@ class CacheStage:
         principal: Principal | None,
         fetch: Callable[[], Awaitable[BufferedResponse]],
         route: str | None = None,
+        probe: Probe | None = None,
     ) -> web.StreamResponse:
-        """Answer a GET/HEAD from the cache, or through one single-flight `fetch` per key."""
+        """Answer a GET/HEAD from the cache, or through one single-flight `fetch` per key
+        (`probe`: what `probe()` already looked up for this request)."""
         label = route if route is not None else _route_label(request)
         if request.method not in ("GET", "HEAD") or (
             policy.scope == "private" and principal is None
         ):
             return await self._respond(request, await fetch(), "BYPASS", label)
-        key = self.key_for(request, policy, principal)
-        headers = request.headers
-        revalidate = "no-cache" in headers.get("Cache-Control", "").lower() or (
-            "no-cache" in headers.get("Pragma", "").lower()
-        )
+        key = probe.key if probe is not None else self.key_for(request, policy, principal)
+        revalidate = _revalidates(request)
         entry: Entry | None = None
         if not revalidate:
             try:
-                entry = await self._lookup(key)
+                entry = probe.entry if probe is not None else await self._lookup(key)
             except _REDIS_ERRORS as exc:
                 _log.warning("cache_unavailable", route=label, error=type(exc).__name__)
                 return await self._respond(request, await fetch(), "BYPASS", label)
@@ -171,6 +187,36 @@ class CacheStage:
                 age = self._clock() - stale.stored_at
                 return await self._serve(request, stale, "STALE", label, age)
         return await self._respond(request, result, "MISS", label)
+
+    async def probe(
+        self, request: web.Request, policy: CachePolicy, principal: Principal | None, label: str
+    ) -> tuple[Entry, int] | Probe | None:
+        """The fast front end's HIT: `(entry, age)` when the entry answers this request as it
+        is stored (fresh, no conditional, an encoding the client takes; counted as a HIT), else
+        what was looked up for `handle(probe=...)`, or None when `handle` must do it all."""
+        if request.method not in ("GET", "HEAD") or (
+            policy.scope == "private" and principal is None
+        ):
+            return None
+        key = self.key_for(request, policy, principal)
+        if _revalidates(request):
+            return Probe(key, None)
+        try:
+            entry = await self._lookup(key)
+        except _REDIS_ERRORS:
+            return None  # `handle` meets the same trouble, logs it and bypasses
+        if entry is None:
+            return Probe(key, None)
+        age = self._clock() - entry.stored_at
+        if (
+            age < entry.ttl
+            and "If-None-Match" not in request.headers
+            and (not entry.gzipped or accepts_gzip(request))
+            and entry.wire_headers() is not None
+        ):
+            self._count(label, "HIT")
+            return entry, max(0, int(age))
+        return Probe(key, entry)
 
     async def _usable_stale(
         self, key: str, entry: Entry | None, policy: CachePolicy

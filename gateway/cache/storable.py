@@ -35,7 +35,7 @@ DROPPED_HEADERS = frozenset(
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
         "te", "trailer", "transfer-encoding", "upgrade", "set-cookie", "surrogate-key",
         "surrogate-control", "content-length", "content-encoding", "etag", "date", "age",
-        "x-request-id", "x-cache-status",
+        "x-request-id", "x-cache-status", "server",
     }
 )  # fmt: skip
 # RFC 9110 section 15.4.5: what a 304 carries.

@@ -4,6 +4,7 @@ graceful shutdown and uvloop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
@@ -123,6 +124,18 @@ def create_service_app(
     return app
 
 
+async def _freeze_heap(_: web.Application) -> None:
+    """Move what start-up allocated (modules, routes, models: most of the heap) out of the
+    collector's reach. A full collection otherwise walks all of it and stalls the loop for tens
+    of milliseconds under load: the tail latency of every request in flight (Instagram's
+    `gc.freeze()`, the CPython docs' advice for pre-fork servers)."""
+    gc.collect()
+    gc.freeze()
+    # A young-generation pass every 10,000 net allocations instead of 700: a request allocates
+    # hundreds of short-lived containers, almost all freed by reference counting anyway.
+    gc.set_threshold(10_000, 10, 10)
+
+
 def run_app(
     app: web.Application | Awaitable[web.Application],
     settings: BaseServiceSettings,
@@ -138,6 +151,8 @@ def run_app(
         level=settings.log_level, json=settings.log_json, service=settings.service_name
     )
     _log.info("starting", host=settings.host, port=settings.port)
+    if isinstance(app, web.Application):
+        app.on_startup.append(_freeze_heap)  # last: after every other start-up step
     web.run_app(
         app,
         host=settings.host,

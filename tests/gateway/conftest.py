@@ -51,6 +51,8 @@ routes:
   - {path: /api/v1/login, methods: [POST], upstream: orgs, auth: none, rate: login}
   - {path: /api/v1/cached, methods: [GET], upstream: orgs, auth: optional,
      cache: {ttl: 30, scope: public}}
+  - {path: /api/v1/big-cached, methods: [GET], upstream: orgs, auth: none,
+     cache: {ttl: 30, scope: public}}
 """
 
 
@@ -193,7 +195,9 @@ def upstream_app(recorder: Recorder, signer: Signer | None = None) -> web.Applic
         return web.json_response({"code": "UPSTREAM_UNAVAILABLE"}, status=503)
 
     @routes.get("/api/v1/big")
-    async def big(_: web.Request) -> web.Response:
+    @routes.get("/api/v1/big-cached")
+    async def big(request: web.Request) -> web.Response:
+        recorder.hits.append({"path": request.path, "method": request.method})
         return web.json_response({"items": [{"n": i, "text": "portico " * 4} for i in range(400)]})
 
     @routes.post("/api/v1/upload")

@@ -389,3 +389,49 @@ async def test_a_client_closing_mid_response_releases_the_upstream(
     await asyncio.wait_for(closed.wait(), 10)  # the upstream stream was cut, not left running
     after = await send_raw(*address_of(client.server), _get(b"/api/v1/public"))
     assert after.status == 200
+
+
+# -- cache HITs: the fast front's pre-rendered answer is the generic path's ---------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/api/v1/cached", {}),
+        ("HEAD", "/api/v1/cached", {}),
+        ("GET", "/api/v1/big-cached", {"Accept-Encoding": "gzip"}),
+        ("HEAD", "/api/v1/big-cached", {"Accept-Encoding": "gzip"}),
+        ("GET", "/api/v1/big-cached", {"Accept-Encoding": "identity"}),
+        ("GET", "/api/v1/big-cached", {"Accept-Encoding": "gzip", "Origin": "https://app.example"}),
+        ("GET", "/api/v1/cached", {"Origin": "https://evil.example"}),
+        ("GET", "/api/v1/cached", {"If-None-Match": "*"}),
+    ],
+)
+async def test_a_cache_hit_is_answered_alike_by_both_fronts(
+    make_gateway: MakeGateway, orgs: Upstream, method: str, path: str, headers: dict[str, str]
+) -> None:
+    options = {"cache_enabled": True, "ratelimit_enabled": True,
+               "cors_origins": "https://app.example"}  # fmt: skip
+    fast = await make_gateway(fast_front=True, **options)
+    generic = await make_gateway(fast_front=False, **options)
+    warm = await fast.get(path, headers={"Accept-Encoding": "gzip"})
+    assert warm.headers["X-Cache-Status"] == "MISS"
+    answers = []
+    for client in (fast, generic):
+        response = await client.request(
+            method, path, headers={**headers, "X-Request-ID": "same-id"}
+        )
+        body = await response.read()
+        seen = sorted(
+            (name.lower(), value)
+            for name, value in response.headers.items()
+            if name.lower() not in ("date", "age", "ratelimit-remaining", "ratelimit-reset")
+        )
+        assert "Age" in response.headers or response.status == 304
+        answers.append((response.status, seen, body))
+    assert answers[0] == answers[1]
+    _, seen, _ = answers[0]
+    assert ("x-cache-status", "HIT") in seen
+    assert orgs.recorder.paths().count(path) == 1  # both answered from the one entry
+    if "Origin" in headers and "app" in headers["Origin"]:
+        assert dict(seen)["vary"].lower() == "accept-encoding, origin"  # added to, not in place of
