@@ -288,7 +288,10 @@ async def _pipeline(
     extra.append(("X-Request-ID", request_id))
     _edge_headers(request, gateway.edge, extra)
     request[_PREPARED] = True
-    return await relay(request, upstream_response, extra, gzip_min=gateway.settings.gzip_min_bytes)
+    return await relay(
+        request, upstream_response, extra, gzip_min=gateway.settings.gzip_min_bytes,
+        write_timeout=gateway.settings.client_write_timeout,
+    )  # fmt: skip
 
 
 def _edge_headers(request: web.Request, edge: Edge, extra: list[tuple[str, str]]) -> None:

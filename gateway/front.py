@@ -426,7 +426,12 @@ class FastFront(asyncio.Protocol):
         if self.paused:
             self.drain_waiter = self.loop.create_future()
             try:
-                await self.drain_waiter
+                async with asyncio.timeout(self.gateway.settings.client_write_timeout):
+                    await self.drain_waiter
+            except TimeoutError:
+                assert self.transport is not None
+                self.transport.abort()
+                raise ConnectionResetError("the client stopped reading") from None
             finally:
                 self.drain_waiter = None
             if self.lost:

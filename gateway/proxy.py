@@ -283,8 +283,10 @@ async def relay(
     extra_headers: list[tuple[str, str]],
     *,
     gzip_min: int,
+    write_timeout: float = 60.0,
 ) -> web.StreamResponse:
-    """Relay the upstream response to the client, streaming bodies that are large or unsized."""
+    """Relay the upstream response to the client, streaming bodies that are large or unsized;
+    a client that takes nothing for `write_timeout` seconds is disconnected."""
     try:
         headers = response_headers(raw_headers(upstream_response), extra_headers)
         status = upstream_response.status
@@ -323,7 +325,13 @@ async def relay(
             response.content_length = length
         await response.prepare(request)
         async for chunk in body_chunks(upstream_response):
-            await response.write(chunk)
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await response.write(chunk)  # waits while the client's buffer is full
+            except TimeoutError:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("the client stopped reading") from None
         await response.write_eof()
         return response
     finally:

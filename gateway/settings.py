@@ -95,6 +95,9 @@ class Settings(BaseServiceSettings):
     # A client connection with no complete request head within this many seconds (since it
     # opened, or since its last response) is closed: idle keep-alives and slowloris alike.
     client_idle_timeout: float = Field(75.0, gt=0)
+    # A client that takes none of its response for this many seconds (its socket buffer full)
+    # is disconnected: a reader that stalls must not hold an upstream stream open forever.
+    client_write_timeout: float = Field(60.0, gt=0)
     openapi_cache_seconds: float = Field(60.0, ge=0)
 
     def upstream_urls(self) -> dict[str, list[str]]:

@@ -88,11 +88,14 @@ def route_template(request: web.Request) -> str:
 
 
 def problem_response(error: PorticoError, request_id: str | None) -> web.Response:
-    """Render a domain error as RFC 9457 problem+json."""
+    """Render a domain error as RFC 9457 problem+json, never to be stored by a cache: an error
+    is about this moment (a 404 before an invitation is accepted, a 429, a 503), and a stored
+    one would outlive its cause with nothing to purge it."""
     response = web.Response(
         body=orjson.dumps(error.to_problem(request_id)),
         status=error.status,
         content_type="application/problem+json",
+        headers={"Cache-Control": "no-store"},
     )
     response.headers.update(error.headers)
     return response

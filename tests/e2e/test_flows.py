@@ -188,3 +188,30 @@ async def test_unknown_route_and_internal_paths_are_problem_404(
         async with http.post(f"{stack.gateway}{path}", json={"key": "x"}) as r:
             assert r.status in (404, 405)
             assert r.content_type == "application/problem+json"
+
+
+async def test_a_404_is_not_cached_past_the_membership_that_ends_it(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    _, owner, _ = await register_and_login(http, stack, "Owner")
+    _, member, member_email = await register_and_login(http, stack, "Joiner")
+    gw = stack.gateway
+    slug = f"org-{uuid.uuid4().hex[:8]}"
+    async with http.post(f"{gw}/api/v1/orgs", headers=owner, json={"name": "O", "slug": slug}) as r:
+        assert r.status == 201, await r.text()
+        org = await r.json()
+    org_url = f"{gw}/api/v1/orgs/{org['id']}"
+    async with http.get(org_url, headers=member) as r:  # a cached route, not a member yet
+        assert r.status == 404
+        assert r.headers["Cache-Control"] == "no-store"
+        assert r.headers["X-Cache-Status"] == "MISS"
+    async with http.post(
+        f"{org_url}/invitations", headers=owner, json={"email": member_email, "role": "member"}
+    ) as r:
+        assert r.status == 201, await r.text()
+        token = (await r.json())["token"]
+    async with http.post(f"{gw}/api/v1/invitations/{token}/accept", headers=member) as r:
+        assert r.status == 200, await r.text()
+    async with http.get(org_url, headers=member) as r:  # at once, not after the 30 s TTL
+        assert r.status == 200, await r.text()
+        assert (await r.json())["id"] == org["id"]

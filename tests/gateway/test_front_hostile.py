@@ -8,6 +8,7 @@ Most tests run against both fronts: the aiohttp-only gateway is the reference be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 from collections.abc import Callable
@@ -435,3 +436,30 @@ async def test_a_cache_hit_is_answered_alike_by_both_fronts(
     assert orgs.recorder.paths().count(path) == 1  # both answered from the one entry
     if "Origin" in headers and "app" in headers["Origin"]:
         assert dict(seen)["vary"].lower() == "accept-encoding, origin"  # added to, not in place of
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+async def test_a_client_that_stops_reading_a_download_is_cut_off(
+    make_gateway: MakeGateway, aiohttp_server: Any, front_kind: dict[str, Any]
+) -> None:
+    # Slowloris on the way out: a client that takes none of a large response would otherwise
+    # hold the gateway's request and the upstream's stream open for as long as it likes.
+    closed = asyncio.Event()
+    client = await make_gateway(files_urls=await _streaming_upstream(aiohttp_server, closed),
+                                client_write_timeout=0.5, **front_kind)  # fmt: skip
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, address_of(client.server))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(_get(b"/api/v1/files/large", close=False))
+    try:
+        await asyncio.wait_for(closed.wait(), 10)  # the upstream stream was released
+        # And the client's connection was closed: what it reads now ends (EOF or a reset).
+        with contextlib.suppress(ConnectionError):
+            while await asyncio.wait_for(reader.read(1 << 20), 10):
+                pass
+    finally:
+        writer.transport.abort()
+    after = await send_raw(*address_of(client.server), _get(b"/api/v1/public"))
+    assert after.status == 200
