@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -79,6 +80,13 @@ async def test_logout_kills_the_access_token_on_the_next_request(
         assert (await dead.json())["code"] == "UNAUTHENTICATED"
 
 
+async def create_org(http: aiohttp.ClientSession, gw: str, owner: dict[str, str]) -> Any:
+    slug = f"org-{uuid.uuid4().hex[:8]}"
+    async with http.post(f"{gw}/api/v1/orgs", headers=owner, json={"name": "O", "slug": slug}) as r:
+        assert r.status == 201, await r.text()
+        return await r.json()
+
+
 async def test_org_file_sharing_and_user_deleted_cascade(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
@@ -86,10 +94,7 @@ async def test_org_file_sharing_and_user_deleted_cascade(
     member_id, member, member_email = await register_and_login(http, stack, "Member")
     _, outsider, _ = await register_and_login(http, stack, "Outsider")
     gw = stack.gateway
-    slug = f"org-{uuid.uuid4().hex[:8]}"
-    async with http.post(f"{gw}/api/v1/orgs", headers=owner, json={"name": "O", "slug": slug}) as r:
-        assert r.status == 201, await r.text()
-        org = await r.json()
+    org = await create_org(http, gw, owner)
     async with http.post(
         f"{gw}/api/v1/orgs/{org['id']}/invitations",
         headers=owner,
@@ -196,10 +201,7 @@ async def test_a_404_is_not_cached_past_the_membership_that_ends_it(
     _, owner, _ = await register_and_login(http, stack, "Owner")
     _, member, member_email = await register_and_login(http, stack, "Joiner")
     gw = stack.gateway
-    slug = f"org-{uuid.uuid4().hex[:8]}"
-    async with http.post(f"{gw}/api/v1/orgs", headers=owner, json={"name": "O", "slug": slug}) as r:
-        assert r.status == 201, await r.text()
-        org = await r.json()
+    org = await create_org(http, gw, owner)
     org_url = f"{gw}/api/v1/orgs/{org['id']}"
     async with http.get(org_url, headers=member) as r:  # a cached route, not a member yet
         assert r.status == 404

@@ -262,6 +262,17 @@ async def test_many_pipelined_requests_are_answered_in_order(
     assert ids == [b"req-%05d" % n for n in range(count)]
 
 
+async def _small_window_connection(
+    client: Any,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose receive buffer is tiny: the gateway soon sees it as not reading."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, address_of(client.server))
+    return await asyncio.open_connection(sock=sock)
+
+
 async def _send(writer: asyncio.StreamWriter, raw: bytes) -> None:
     writer.write(raw)
     await writer.drain()
@@ -275,11 +286,7 @@ async def test_a_client_that_never_reads_does_not_grow_the_gateways_buffers(
     # next; the fast path kept serving, buffering every response in gateway memory.
     client = await make_gateway(**front_kind)
     server = _server_of(client)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, address_of(client.server))
-    _, writer = await asyncio.open_connection(sock=sock)
+    _, writer = await _small_window_connection(client)
     raw = _get(b"/api/v1/big", close=False) * 1000  # ~20 KiB answers: ~20 MiB in all
     sending = asyncio.create_task(_send(writer, raw))
     peak = 0
@@ -447,11 +454,7 @@ async def test_a_client_that_stops_reading_a_download_is_cut_off(
     closed = asyncio.Event()
     client = await make_gateway(files_urls=await _streaming_upstream(aiohttp_server, closed),
                                 client_write_timeout=0.5, **front_kind)  # fmt: skip
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, address_of(client.server))
-    reader, writer = await asyncio.open_connection(sock=sock)
+    reader, writer = await _small_window_connection(client)
     writer.write(_get(b"/api/v1/files/large", close=False))
     try:
         await asyncio.wait_for(closed.wait(), 10)  # the upstream stream was released
