@@ -34,6 +34,7 @@ from gateway.events import events_ctx
 from gateway.openapi import DOCS_HTML, OpenApiAggregator
 from gateway.proxy import (
     HOP_BY_HOP,
+    ClientGone,
     body_chunks,
     forward_headers,
     raw_headers,
@@ -169,16 +170,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
-        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if request.get(_PREPARED):
+                status = 499 if isinstance(exc, ClientGone) else 502
                 raise  # mid-stream: nothing sane to send, the connection is dropped
             response = problem_response(UpstreamUnavailable(), request_id)
         except TimeoutError:
             if request.get(_PREPARED):
+                status = 502
                 raise
             response = problem_response(UpstreamTimeout(), request_id)
         except Exception:
             if request.get(_PREPARED):
+                status = 502
                 raise
             _log.exception("unhandled gateway error", request_id=request_id)
             response = problem_response(Internal(), request_id)

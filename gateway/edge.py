@@ -106,7 +106,7 @@ class Edge:
                     vary = headers.get("Vary")
                     if not vary:
                         headers["Vary"] = "Origin"
-                    elif "origin" not in vary.lower():
+                    elif "origin" not in {t.strip().lower() for t in vary.split(",")}:
                         headers["Vary"] = f"{vary}, Origin"
                     if self.credentials:
                         headers["Access-Control-Allow-Credentials"] = "true"

@@ -42,6 +42,7 @@ from gateway.cache.entry import Entry
 from gateway.proxy import (
     _RESPONSE_DROP,
     SMALL_BODY,
+    ClientGone,
     body_chunks,
     forward_headers,
     is_compressible,
@@ -80,6 +81,10 @@ _MAX_HEAD = MAX_LINE_SIZE
 _MAX_HEADERS = MAX_HEADERS
 _MAX_PIPELINED = 64 * 1024
 _SERVER = SERVER_SOFTWARE.encode()
+# In header lines joined with CRLF: what aiohttp's writer refuses in a header (a control
+# character other than HTAB, a CR or LF that is not a line end). Upstream values can hold them
+# (the upstream client splits lines on CRLF only): relayed, a bare LF would split the response.
+_UNSAFE_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _ZLIB_SYNC_MAX = 4096  # like aiohttp: compress bigger bodies in the executor
 
 
@@ -160,7 +165,10 @@ def _head_bytes(status: int, reason: str, headers: Any, *, close: bool) -> bytea
     out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
     date = server = False
     for name, value in headers.items():
-        out += f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+        line = f"{name}: {value}\r\n"
+        if _UNSAFE_LINE.search(line):
+            raise ValueError("control character in a response header")  # aiohttp's refusal
+        out += line.encode("utf-8", "surrogateescape")
         lower = name.lower()
         if lower == "date":
             date = True
@@ -182,8 +190,8 @@ def _finish_head(status: int, reason: str, lines: list[str], *, close: bool) -> 
     Upstream header values cannot hold CR/LF (the client splits on them), but a bare CR or LF
     would split the response: refuse it the way aiohttp's writer does (ValueError -> 500)."""
     text = "".join(lines)
-    if text.count("\n") != text.count("\r") or text.count("\r\n") != text.count("\n"):
-        raise ValueError("newline or carriage return in a response header")
+    if _UNSAFE_LINE.search(text):
+        raise ValueError("control character in a response header")
     out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
     out += text.encode("utf-8", "surrogateescape")
     out += b"Date: " + _DATE.now() + b"\r\nServer: " + _SERVER + b"\r\n"
@@ -214,6 +222,7 @@ class FastFront(asyncio.Protocol):
         self.paused = False
         self.reading_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
+        self.stall_handle: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -253,6 +262,9 @@ class FastFront(asyncio.Protocol):
         self.lost = True
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        if self.stall_handle is not None:
+            self.stall_handle.cancel()
+            self.stall_handle = None
         if self.inner is not None:
             self.inner.connection_lost(exc)
             return
@@ -265,8 +277,24 @@ class FastFront(asyncio.Protocol):
         if self.inner is not None:
             self.inner.pause_writing()
         self.paused = True
+        # Whoever writes (this front, or aiohttp after a hand-off), a client that takes none of
+        # what is buffered for it within the timeout is cut off: it cannot hold a request, an
+        # upstream stream and the buffers forever.
+        if self.stall_handle is None:
+            self.stall_handle = self.loop.call_later(
+                self.gateway.settings.client_write_timeout, self._stalled
+            )
+
+    def _stalled(self) -> None:
+        self.stall_handle = None
+        if self.paused and not self.lost and self.transport is not None:
+            _log.info("client stopped reading; disconnected", remote=self.remote)
+            self.transport.abort()
 
     def resume_writing(self) -> None:
+        if self.stall_handle is not None:
+            self.stall_handle.cancel()
+            self.stall_handle = None
         if self.inner is not None:
             self.inner.resume_writing()
         self.paused = False
@@ -422,24 +450,19 @@ class FastFront(asyncio.Protocol):
 
     async def _drain(self) -> None:
         if self.lost:
-            raise ConnectionResetError("the client went away")
+            raise ClientGone("the client went away")
         if self.paused:
             self.drain_waiter = self.loop.create_future()
             try:
-                async with asyncio.timeout(self.gateway.settings.client_write_timeout):
-                    await self.drain_waiter
-            except TimeoutError:
-                assert self.transport is not None
-                self.transport.abort()
-                raise ConnectionResetError("the client stopped reading") from None
+                await self.drain_waiter  # `_stalled` aborts a client that never reads
             finally:
                 self.drain_waiter = None
             if self.lost:
-                raise ConnectionResetError("the client went away")
+                raise ClientGone("the client went away")
 
     def _write(self, data: bytes | bytearray) -> None:
         if self.lost or self.transport is None:
-            raise ConnectionResetError("the client went away")
+            raise ClientGone("the client went away")
         self.transport.write(data)
 
     # -- the pipeline -------------------------------------------------------------------------
@@ -460,19 +483,23 @@ class FastFront(asyncio.Protocol):
             except asyncio.CancelledError:
                 status = 499  # the client went away
                 raise
-            except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            except ClientGone:
+                status = 499  # went away, or stopped reading, mid-response: nobody to answer
+                self._abort()
+            except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                    TimeoutError) as exc:  # fmt: skip
                 if written[0]:
-                    raise  # mid-stream: nothing sane to send, the connection is dropped
-                status = self._problem(head, UpstreamUnavailable(), request_id)
-            except TimeoutError:
+                    status = self._cut(exc, request_id)
+                elif isinstance(exc, TimeoutError):
+                    status = self._problem(head, UpstreamTimeout(), request_id)
+                else:
+                    status = self._problem(head, UpstreamUnavailable(), request_id)
+            except Exception as exc:
                 if written[0]:
-                    raise
-                status = self._problem(head, UpstreamTimeout(), request_id)
-            except Exception:
-                if written[0]:
-                    raise
-                _log.exception("unhandled gateway error", request_id=request_id)
-                status = self._problem(head, Internal(), request_id)
+                    status = self._cut(exc, request_id)
+                else:
+                    _log.exception("unhandled gateway error", request_id=request_id)
+                    status = self._problem(head, Internal(), request_id)
         except BaseException:
             if self.transport is not None:
                 self.transport.abort()
@@ -487,6 +514,18 @@ class FastFront(asyncio.Protocol):
                     principal_id=principal_id,
                 )  # fmt: skip
             self._finished()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _cut(self, exc: BaseException, request_id: str) -> int:
+        """The upstream failed after the response started: nothing sane is left to send, so the
+        client's connection is dropped (it sees a truncated response, never a spliced one)."""
+        _log.warning("upstream failed mid-response", request_id=request_id,
+                     error=type(exc).__name__)  # fmt: skip
+        self._abort()
+        return 502
 
     def _problem(self, head: _Head, error: PorticoError, request_id: str) -> int:
         """Write `error` as problem+json, as `problem_response` + `handle` would."""
@@ -575,8 +614,8 @@ class FastFront(asyncio.Protocol):
         self.gateway.edge.decorate(cast(web.Request, head), own)
         own["Content-Length"] = str(len(body))
         text = "".join([f"{name}: {value}\r\n" for name, value in own.items()])
-        if "\r\n" in request_id or text.count("\n") != len(own):
-            raise ValueError("newline in a response header")  # as the generic writer refuses
+        if _UNSAFE_LINE.search(text):
+            raise ValueError("control character in a response header")  # as aiohttp refuses
         out += b"X-Cache-Status: HIT\r\nAge: %d\r\n" % age
         out += text.encode("utf-8", "surrogateescape")
         out += b"Date: " + _DATE.now() + b"\r\nServer: " + _SERVER + b"\r\n"

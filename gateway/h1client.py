@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import re
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -21,6 +22,10 @@ __all__ = ["H1Pool", "H1Response", "StaleConnection", "UpstreamProtocolError"]
 _MAX_HEAD = 64 * 1024
 _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
+
+
+# A control character other than HTAB, or a CR/LF that does not end a line (RFC 9110 5.5).
+_UNSAFE_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -180,6 +185,10 @@ class _Connection(asyncio.Protocol):
 
     # -- parsing --
     def _parse_head(self, head: bytes) -> None:
+        if _UNSAFE_HEAD.search(head):
+            # Relayed, a bare LF or CR would split the client's response (header injection).
+            self._broken("control character in the response head")
+            return
         lines = head.decode("latin-1").split("\r\n")
         try:
             version, code, *reason = lines[0].split(" ", 2)

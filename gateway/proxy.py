@@ -26,6 +26,7 @@ from libs.common.identity import IDENTITY_HEADER
 __all__ = [
     "HOP_BY_HOP",
     "BodyLimit",
+    "ClientGone",
     "Upstreamed",
     "body_chunks",
     "filter_response_headers",
@@ -61,6 +62,10 @@ def _duration(upstream: str, route: str) -> Any:
     if child is None:
         child = _DURATIONS[(upstream, route)] = UPSTREAM_DURATION.labels(upstream, route)
     return child
+
+
+class ClientGone(ConnectionResetError):
+    """The client went away, or stopped reading, after its response started (a 499)."""
 
 
 def forward_headers(
@@ -331,7 +336,7 @@ async def relay(
             except TimeoutError:
                 if request.transport is not None:
                     request.transport.abort()
-                raise ConnectionResetError("the client stopped reading") from None
+                raise ClientGone("the client stopped reading") from None
         await response.write_eof()
         return response
     finally:

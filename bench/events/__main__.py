@@ -27,6 +27,7 @@ from pathlib import Path
 
 import uvloop
 
+from libs.common.app import freeze_heap
 from libs.common.embedded import EmbeddedMongo
 from libs.common.events import BusOptions, ConsumerRuntime, Event, Outbox, OutboxRelay
 from libs.common.events.topology import connect
@@ -57,6 +58,7 @@ async def run(mongo_url: str, rabbitmq_url: str, rate: int, seconds: float) -> d
         if len(latencies) >= total:
             all_done.set()
 
+    freeze_heap()  # as every service does once started (libs.common.app.run_app)
     consumer = ConsumerRuntime(
         queue="bench",
         bindings=[(("user.*",), handler)],

@@ -98,6 +98,29 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
             ">= 70%",
             _ratio(g, n) >= 0.70,
         )
+        floor, n = pair("Python floor (bare uvloop proxy)", "nginx proxy")
+        if floor:
+            add(
+                "(3) cache miss, authenticated GET",
+                "Python floor: a bare uvloop proxy vs nginx",
+                floor,
+                "nginx reverse proxy",
+                n,
+                _ratio(floor, n),
+                "-",
+                None,
+            )
+            g, floor = pair("(3) gateway cache miss auth GET", "Python floor (bare uvloop proxy)")
+            add(
+                "(3) cache miss, authenticated GET",
+                "req/s vs the Python floor",
+                g,
+                "bare uvloop proxy",
+                floor,
+                _ratio(g, floor),
+                "-",
+                None,
+            )
         g, direct = pair("(3) gateway cache miss auth GET", "upstream direct")
         add(
             "(3) cache miss, authenticated GET",

@@ -218,7 +218,10 @@ class Bench:
         prefix = f"bench:suite:{uuid.uuid4().hex[:8]}:"
         (work / "routes.yaml").write_text(ROUTES.format(prefix=prefix))
         bearer = [f"Bearer {t}" for t in tokens(key, USERS)]
-        ports = {name: free_port() for name in ("upstream", "nginx", "nginx_limit", "gw", "gw_rl")}
+        ports = {
+            name: free_port()
+            for name in ("upstream", "nginx", "nginx_limit", "gw", "gw_rl", "floor")
+        }
         redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         try:
             up = procs.start(
@@ -249,6 +252,11 @@ class Bench:
                 ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"],
                 cpus=self.srv_cpus,
             )
+            floor = procs.start(
+                [sys.executable, "-m", "bench.suite.floor", str(ports["floor"]),
+                 str(ports["upstream"])],
+                cpus=self.srv_cpus,
+            )  # fmt: skip
             gateways = {}
             for name, limits in (("gw", False), ("gw_rl", True)):
                 env = {
@@ -271,13 +279,13 @@ class Bench:
                     cpus=self.srv_cpus,
                     log=work / f"{name}.log",
                 )
-            for name in ("nginx", "nginx_limit", "gw", "gw_rl"):
+            for name in ("nginx", "nginx_limit", "gw", "gw_rl", "floor"):
                 assert wait_for_port("127.0.0.1", ports[name], 30), name
             for name in ("gw", "gw_rl"):
                 wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
-            self._proxy_scenarios(
-                ports, bearer, up.pid, nginx.pid, gateways["gw"].pid, gateways["gw_rl"].pid
-            )
+            pids = {"upstream": up.pid, "nginx": nginx.pid, "floor": floor.pid,
+                    "gw": gateways["gw"].pid, "gw_rl": gateways["gw_rl"].pid}  # fmt: skip
+            self._proxy_scenarios(ports, bearer, pids)
         finally:
             procs.stop()
             client = redis.Redis.from_url(redis_url)
@@ -287,8 +295,10 @@ class Bench:
             client.close()
 
     def _proxy_scenarios(
-        self, ports: dict[str, int], bearer: list[str], up: int, nginx: int, gw: int, gw_rl: int
+        self, ports: dict[str, int], bearer: list[str], pids: dict[str, int]
     ) -> None:
+        up, nginx, gw, gw_rl = pids["upstream"], pids["nginx"], pids["gw"], pids["gw_rl"]
+
         def url(port: str, path: str) -> str:
             return f"http://127.0.0.1:{ports[port]}{path}"
 
@@ -302,6 +312,12 @@ class Bench:
             "nginx static (return 200)": (url("nginx", "/static"), anon, [nginx], None),
             "upstream direct": (url("upstream", "/api/v1/bench"), plain, [up], None),
             "nginx proxy": (url("nginx", "/api/v1/bench"), plain, [nginx], None),
+            "Python floor (bare uvloop proxy)": (
+                url("floor", "/api/v1/bench"),
+                plain,
+                [pids["floor"]],
+                None,
+            ),
             "nginx proxy_cache public": (url("nginx", "/api/v1/public"), anon, [nginx], None),
             "nginx proxy_cache per-user": (
                 url("nginx", "/api/v1/private"),

@@ -7,6 +7,7 @@ and slices the body: no pydantic, no JSON over the body, no compression work.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -82,11 +83,12 @@ _ALWAYS = frozenset({"x-content-type-options", "x-frame-options", "referrer-poli
 
 
 _UNSUITED: tuple[bytes, str | None] = (b"", None)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _render(entry: Entry) -> tuple[bytes, str | None]:
-    if entry.status in (204, 304) or entry.status < 200:
-        return _UNSUITED
+    if entry.status in (204, 304) or entry.status < 200 or not entry.body:
+        return _UNSUITED  # no body: HEAD and Content-Length rules are the generic path's
     lines: list[str] = []
     vary: str | None = None
     typed = False
@@ -101,8 +103,8 @@ def _render(entry: Entry) -> tuple[bytes, str | None]:
                 return _UNSUITED
             vary = value
             continue
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            return _UNSUITED  # the generic writer refuses it (a 500), never split a response
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            return _UNSUITED  # the generic writer refuses it (a 500): never split a response
         typed = typed or lower == "content-type"
         lines.append(f"{name}: {value}\r\n")
     if entry.body and not typed:

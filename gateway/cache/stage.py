@@ -80,6 +80,7 @@ class Probe:
 
     key: str
     entry: Entry | None
+    failed: bool = False  # Redis did not answer: `handle` bypasses without asking again
 
 
 class CacheStage:
@@ -156,6 +157,8 @@ class CacheStage:
         entry: Entry | None = None
         if not revalidate:
             try:
+                if probe is not None and probe.failed:
+                    raise ConnectionError("the cache lookup failed")
                 entry = probe.entry if probe is not None else await self._lookup(key)
             except _REDIS_ERRORS as exc:
                 _log.warning("cache_unavailable", route=label, error=type(exc).__name__)
@@ -204,7 +207,7 @@ class CacheStage:
         try:
             entry = await self._lookup(key)
         except _REDIS_ERRORS:
-            return None  # `handle` meets the same trouble, logs it and bypasses
+            return Probe(key, None, failed=True)
         if entry is None:
             return Probe(key, None)
         age = self._clock() - entry.stored_at

@@ -35,6 +35,7 @@ __all__ = [
     "ReadinessCheck",
     "add_readiness_check",
     "create_service_app",
+    "freeze_heap",
     "run_app",
 ]
 
@@ -124,7 +125,7 @@ def create_service_app(
     return app
 
 
-async def _freeze_heap(_: web.Application) -> None:
+def freeze_heap() -> None:
     """Move what start-up allocated (modules, routes, models: most of the heap) out of the
     collector's reach. A full collection otherwise walks all of it and stalls the loop for tens
     of milliseconds under load: the tail latency of every request in flight (Instagram's
@@ -134,6 +135,10 @@ async def _freeze_heap(_: web.Application) -> None:
     # A young-generation pass every 10,000 net allocations instead of 700: a request allocates
     # hundreds of short-lived containers, almost all freed by reference counting anyway.
     gc.set_threshold(10_000, 10, 10)
+
+
+async def _freeze_heap(_: web.Application) -> None:
+    freeze_heap()
 
 
 def run_app(
