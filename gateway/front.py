@@ -39,6 +39,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
 from gateway.cache.entry import Entry
+from gateway.h1client import unsafe_header_block
 from gateway.proxy import (
     _RESPONSE_DROP,
     SMALL_BODY,
@@ -81,10 +82,6 @@ _MAX_HEAD = MAX_LINE_SIZE
 _MAX_HEADERS = MAX_HEADERS
 _MAX_PIPELINED = 64 * 1024
 _SERVER = SERVER_SOFTWARE.encode()
-# In header lines joined with CRLF: what aiohttp's writer refuses in a header (a control
-# character other than HTAB, a CR or LF that is not a line end). Upstream values can hold them
-# (the upstream client splits lines on CRLF only): relayed, a bare LF would split the response.
-_UNSAFE_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _ZLIB_SYNC_MAX = 4096  # like aiohttp: compress bigger bodies in the executor
 
 
@@ -166,7 +163,7 @@ def _head_bytes(status: int, reason: str, headers: Any, *, close: bool) -> bytea
     date = server = False
     for name, value in headers.items():
         line = f"{name}: {value}\r\n"
-        if _UNSAFE_LINE.search(line):
+        if unsafe_header_block(line):
             raise ValueError("control character in a response header")  # aiohttp's refusal
         out += line.encode("utf-8", "surrogateescape")
         lower = name.lower()
@@ -190,7 +187,7 @@ def _finish_head(status: int, reason: str, lines: list[str], *, close: bool) -> 
     Upstream header values cannot hold CR/LF (the client splits on them), but a bare CR or LF
     would split the response: refuse it the way aiohttp's writer does (ValueError -> 500)."""
     text = "".join(lines)
-    if _UNSAFE_LINE.search(text):
+    if unsafe_header_block(text):
         raise ValueError("control character in a response header")
     out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
     out += text.encode("utf-8", "surrogateescape")
@@ -614,7 +611,7 @@ class FastFront(asyncio.Protocol):
         self.gateway.edge.decorate(cast(web.Request, head), own)
         own["Content-Length"] = str(len(body))
         text = "".join([f"{name}: {value}\r\n" for name, value in own.items()])
-        if _UNSAFE_LINE.search(text):
+        if unsafe_header_block(text):
             raise ValueError("control character in a response header")  # as aiohttp refuses
         out += b"X-Cache-Status: HIT\r\nAge: %d\r\n" % age
         out += text.encode("utf-8", "surrogateescape")
