@@ -34,6 +34,7 @@ from gateway.events import events_ctx
 from gateway.openapi import DOCS_HTML, OpenApiAggregator
 from gateway.proxy import (
     HOP_BY_HOP,
+    UPSTREAM_TALLY,
     ClientGone,
     body_chunks,
     forward_headers,
@@ -457,6 +458,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     request.app[GATEWAY].tally.flush()  # this worker's pending request counts
+    UPSTREAM_TALLY.flush()  # and upstream durations
     return web.Response(body=generate_latest(REGISTRY),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 
@@ -583,6 +585,7 @@ def create_app(
 
     async def flush_access_log(_: web.Application) -> None:
         gateway.tally.flush()
+        UPSTREAM_TALLY.flush()
         if gateway.access_log is not None:
             gateway.access_log.flush()
 

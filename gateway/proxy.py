@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 import aiohttp
 import structlog
@@ -19,6 +18,7 @@ from multidict import CIMultiDict
 from gateway.edge import Edge
 from gateway.h1client import H1Response
 from gateway.routing import IDEMPOTENT, Route
+from gateway.tally import DurationTally
 from gateway.upstreams import UPSTREAM_DURATION, Upstream, backoff_delay
 from libs.common.errors import BadRequest, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from libs.common.identity import IDENTITY_HEADER
@@ -54,14 +54,9 @@ _COMPRESSIBLE = ("text/", "application/json", "application/problem+json", "appli
                  "application/javascript", "image/svg+xml")  # fmt: skip
 SMALL_BODY = 256 * 1024
 CHUNK = 256 * 1024
-_DURATIONS: dict[tuple[str, str], Any] = {}
-
-
-def _duration(upstream: str, route: str) -> Any:
-    child = _DURATIONS.get((upstream, route))
-    if child is None:
-        child = _DURATIONS[(upstream, route)] = UPSTREAM_DURATION.labels(upstream, route)
-    return child
+# `gateway_upstream_request_duration_seconds`, batched (Histogram.observe costs ~2 us a call);
+# flushed by its timer and before every /metrics scrape.
+UPSTREAM_TALLY = DurationTally(UPSTREAM_DURATION)
 
 
 class ClientGone(ConnectionResetError):
@@ -257,7 +252,7 @@ async def send_upstream(
             continue
         finally:
             instance.outstanding -= 1
-        _duration(upstream.name, route.template).observe(time.perf_counter() - started)
+        UPSTREAM_TALLY.observe((upstream.name, route.template), time.perf_counter() - started)
         if response.status in (502, 503) and attempt + 1 < attempts:
             upstream.failed(instance)
             response.release()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -161,12 +161,21 @@ class MGetClient:
             self._protocol = protocol
             return protocol
 
-    async def mget(self, keys: tuple[bytes, ...], *, command: bytes = b"") -> list[bytes | None]:
-        """MGET `keys` (`command`: the same, pre-serialised by `mget_command`); raises
-        ConnectionError/TimeoutError when Redis does not answer in time."""
+    def mget(
+        self, keys: tuple[bytes, ...], *, command: bytes = b""
+    ) -> Awaitable[list[bytes | None]]:
+        """MGET `keys` (`command`: the same, pre-serialised by `mget_command`); the awaitable
+        raises ConnectionError/TimeoutError when Redis does not answer in time. Connected, it is
+        the reply's future itself: no coroutine frame on the hot path."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
-            protocol = await self._connect()
+            return self._mget_after_connecting(keys, command)
+        return protocol.send_one(command or _command(b"MGET", *keys))
+
+    async def _mget_after_connecting(
+        self, keys: tuple[bytes, ...], command: bytes
+    ) -> list[bytes | None]:
+        protocol = await self._connect()
         reply: list[bytes | None] = await protocol.send_one(command or _command(b"MGET", *keys))
         return reply
 

@@ -58,7 +58,7 @@ _MEMO_MAX_BYTES = 64 * 1024
 class EntryReader(Protocol):
     """A fast MGET path to Redis (the gateway's pipelined `MGetClient`)."""
 
-    async def mget(self, keys: tuple[bytes, ...]) -> list[bytes | None]: ...
+    def mget(self, keys: tuple[bytes, ...]) -> Awaitable[list[bytes | None]]: ...
 
 
 def _revalidates(request: web.Request) -> bool:

@@ -50,3 +50,25 @@ async def test_health_endpoints(gateway: Any) -> None:
     assert (await ready.json())["checks"] == {"redis": "ok"}
     metrics = await (await gateway.get("/metrics")).text()
     assert "gateway_circuit_state" in metrics
+
+
+async def test_metrics_count_each_proxied_request_once(gateway: Any) -> None:
+    def count(metrics: str, prefix: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith(prefix) and 'route="/api/v1/public"' in line
+        )
+
+    before = await (await gateway.get("/metrics")).text()
+    for _ in range(3):
+        assert (await gateway.get("/api/v1/public")).status == 200
+    # Batched in the process; a scrape always sees every finished request.
+    after = await (await gateway.get("/metrics")).text()
+    upstream = "gateway_upstream_request_duration_seconds_count{"
+    requests = "http_requests_total{"
+    assert count(after, upstream) - count(before, upstream) == 3
+    assert count(after, requests) - count(before, requests) == 3
+    assert 'upstream="orgs"' in next(
+        line for line in after.splitlines() if line.startswith(upstream)
+    )
