@@ -42,6 +42,7 @@ from gateway.proxy import (
     relay,
     send_upstream,
 )
+from gateway.resp import RespClient
 from gateway.revocation import MGetClient, RevocationListener
 from gateway.routing import Route, RouteTable, RouteTableError, load_route_table
 from gateway.settings import Settings, split_list
@@ -512,7 +513,9 @@ def create_app(
     """The gateway application; `ratelimit` / `cache` are the optional pipeline stages."""
     table = table or load_table(settings)
     pools = _pools(settings)
-    revocations = MGetClient(settings.redis_url)
+    # One pipelined connection for every hot-path Redis command (revocation MGETs, cache
+    # lookups, rate-limit EVALSHAs): commands of one loop iteration leave in one write.
+    revocations = MGetClient(RespClient.from_url(settings.redis_url, timeout=0.5))
     secret = settings.internal_secret.get_secret_value()
     auth = Authenticator(
         users=pools["users"],
@@ -666,7 +669,7 @@ def _ratelimit_ctx(
             return
         raw = dict(gateway.table.rate_limits_raw)
         raw.setdefault("key_prefix", f"{settings.redis_prefix}rl:")
-        stage = stage_class(config_class.model_validate(raw), settings.redis_url)
+        stage = stage_class(config_class.model_validate(raw), gateway.revocations.client)
         gateway.ratelimit = stage
         try:
             yield

@@ -5,8 +5,8 @@ request (raising RateLimited / QuotaExceeded); `RateDecision.headers()` gives Ra
 """
 
 from gateway.ratelimit.config import FailureMode, Policy, RateLimitConfig
-from gateway.ratelimit.resp import RespClient
 from gateway.ratelimit.stage import RateDecision, RateLimitStage
+from gateway.resp import RespClient
 
 __all__ = [
     "FailureMode",

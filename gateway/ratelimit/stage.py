@@ -21,8 +21,8 @@ import structlog
 from gateway.ratelimit.config import Policy, RateLimitConfig
 from gateway.ratelimit.local import DAY_US, LocalLimiter
 from gateway.ratelimit.metrics import BACKEND_ERRORS, DECISION_SECONDS, DECISIONS, MODE, MODES
-from gateway.ratelimit.resp import ReplyError, RespClient, bulk, command
 from gateway.ratelimit.script import SCRIPT, SCRIPT_SHA
+from gateway.resp import ReplyError, RespClient, bulk, command
 from libs.common.errors import QuotaExceeded, RateLimited, UpstreamUnavailable
 from libs.common.identity import Principal
 
@@ -124,6 +124,8 @@ class RateLimitStage:
         self.config = config
         self.clock = clock
         self.client = _redis_client(redis, config.redis_timeout)
+        # A client handed in is shared (the gateway's one pipelined connection): not ours to close.
+        self._owns_client = not isinstance(redis, RespClient)
         prefix = config.key_prefix
         self._plans = {
             name: _Plan(name, policy, prefix, key_name=name, count_always=False)
@@ -197,7 +199,8 @@ class RateLimitStage:
         """No-op: the stage keeps no tier cache; the tier comes with each request's principal."""
 
     async def aclose(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
     # -- which limits apply ---------------------------------------------------------------
 
@@ -273,14 +276,15 @@ class RateLimitStage:
             *(bulk(key) for key in keys), now, _CONSUME if consume else _PEEK,
             *(limit.argv for limit in limits),
         ))  # fmt: skip
+        timeout = self.config.redis_timeout
         try:
-            reply: list[int] = await self.client.execute(payload)
+            reply: list[int] = await self.client.execute(payload, timeout=timeout)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             # Redis restarted or its scripts were flushed: load it again, then retry once.
-            await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT))
-            reply = await self.client.execute(payload)
+            await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
+            reply = await self.client.execute(payload, timeout=timeout)
         return reply
 
     def _probe_due(self) -> bool:

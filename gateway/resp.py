@@ -1,15 +1,19 @@
-"""A minimal pipelined RESP connection for EVALSHA on the hot path.
+"""A minimal pipelined RESP connection for the gateway's hot path (revocation MGET, cache
+lookups, rate-limit EVALSHA), shared by all of them.
 
-redis.asyncio costs ~130 us of client CPU per command (issue 5); a decision needs one EVALSHA, so
-this speaks just enough RESP over one asyncio connection, parsed by hiredis. Commands issued in the
-same loop iteration leave in one write; one watchdog (not a timer per command) drops the link when
-a reply is overdue, so a slow Redis fails requests within ~1.25 x timeout instead of stalling them.
+redis.asyncio costs ~130 us of client CPU per command (issue 5), so this speaks just enough RESP
+over one asyncio connection, parsed by hiredis. Commands issued in the same loop iteration, by any
+stage, leave in one write and their replies come back in one read. Each command has its own
+deadline; one watchdog (not a timer per command) fails the overdue ones and drops the link when
+the oldest is overdue, so a slow Redis fails requests within ~1.25 x their timeout instead of
+stalling them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -18,8 +22,9 @@ import hiredis
 __all__ = ["ReplyError", "RespClient", "bulk", "command"]
 
 
-class ReplyError(Exception):
-    """Redis answered with an error reply (e.g. NOSCRIPT)."""
+class ReplyError(ConnectionError):
+    """Redis answered with an error reply (e.g. NOSCRIPT, NOAUTH): for a caller that does not
+    expect one, the backend is as unusable as an unreachable one."""
 
 
 def bulk(part: bytes) -> bytes:
@@ -37,6 +42,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.timeout = timeout
+        self.period = timeout / 4  # how often the watchdog looks
         self._pending: list[bytes] = []
         self._loop = asyncio.get_running_loop()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -44,13 +50,17 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave like one.
         self.transport = cast(asyncio.Transport, transport)
-        self._watchdog = self._loop.call_later(self.timeout / 4, self._check)
+        self._watchdog = self._loop.call_later(self.period, self._check)
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
+    def send(self, payload: bytes, timeout: float | None = None) -> asyncio.Future[Any]:
         if self.closed or self.transport is None:
             raise ConnectionError("redis connection lost")
         future = self._loop.create_future()
-        self.waiters.append((future, self._loop.time() + self.timeout))
+        if timeout is None:
+            timeout = self.timeout
+        elif timeout < self.period * 4:
+            self.period = timeout / 4  # the watchdog keeps the shortest deadline in use
+        self.waiters.append((future, self._loop.time() + timeout))
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(payload)
@@ -64,13 +74,19 @@ class _Protocol(asyncio.Protocol):
     def _check(self) -> None:
         if self.closed:
             return
-        if self.waiters and self.waiters[0][1] < self._loop.time():
-            # An overdue reply would be matched to the wrong request later: drop the link.
+        now = self._loop.time()
+        if self.waiters and self.waiters[0][1] < now:
+            # The oldest command is overdue: Redis is not answering; drop the link.
             self._fail(TimeoutError("redis did not answer in time"))
             if self.transport is not None:
                 self.transport.abort()
             return
-        self._watchdog = self._loop.call_later(self.timeout / 4, self._check)
+        for future, deadline in self.waiters:
+            # A short-deadline command queued behind a longer one fails on time; it stays in
+            # the queue so that its reply, if it comes, is still matched (and dropped).
+            if deadline < now and not future.done():
+                future.set_exception(TimeoutError("redis did not answer in time"))
+        self._watchdog = self._loop.call_later(self.period, self._check)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -159,12 +175,18 @@ class RespClient:
             self._protocol = protocol
             return protocol
 
-    async def execute(self, payload: bytes) -> Any:
-        """Send one encoded command; ConnectionError/TimeoutError/ReplyError on failure."""
+    def execute(self, payload: bytes, *, timeout: float | None = None) -> Awaitable[Any]:
+        """Send one encoded command (answered within `timeout`, default the client's); the
+        awaitable raises ConnectionError/TimeoutError/ReplyError on failure. Connected, it is the
+        reply's future itself: no coroutine frame on the hot path."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
-            protocol = await self._connect()
-        return await protocol.send(payload)
+            return self._execute_after_connecting(payload, deadline=timeout)
+        return protocol.send(payload, timeout)
+
+    async def _execute_after_connecting(self, payload: bytes, *, deadline: float | None) -> Any:
+        protocol = await self._connect()
+        return await protocol.send(payload, deadline)
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
