@@ -34,7 +34,6 @@ from gateway.events import events_ctx
 from gateway.openapi import DOCS_HTML, OpenApiAggregator
 from gateway.proxy import (
     HOP_BY_HOP,
-    UPSTREAM_TALLY,
     ClientGone,
     body_chunks,
     forward_headers,
@@ -47,7 +46,7 @@ from gateway.revocation import MGetClient, RevocationListener
 from gateway.routing import Route, RouteTable, RouteTableError, load_route_table
 from gateway.settings import Settings, split_list
 from gateway.stages import CacheStageLike, RateLimitStageLike
-from gateway.tally import RequestTally
+from gateway.tally import RequestTally, flush_all
 from gateway.upstreams import CircuitBreaker, RetryBudget, Upstream, UpstreamPools
 from libs.common.errors import (
     Forbidden,
@@ -458,8 +457,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    request.app[GATEWAY].tally.flush()  # this worker's pending request counts
-    UPSTREAM_TALLY.flush()  # and upstream durations
+    flush_all()  # this worker's batched request counts and durations
     return web.Response(body=generate_latest(REGISTRY),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 
@@ -587,8 +585,7 @@ def create_app(
         gateway.draining = True
 
     async def flush_access_log(_: web.Application) -> None:
-        gateway.tally.flush()
-        UPSTREAM_TALLY.flush()
+        flush_all()
         if gateway.access_log is not None:
             gateway.access_log.flush()
 

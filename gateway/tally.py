@@ -9,14 +9,22 @@ scrape always sees every finished request.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from bisect import bisect_left
 from typing import Any
 
 from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
 
-__all__ = ["DurationTally", "RequestTally"]
+__all__ = ["DurationTally", "RequestTally", "flush_all"]
 
 _MAX_CACHED = 5000
+_LIVE: weakref.WeakSet[DurationTally] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Hand every tally's pending observations to its metrics (before a /metrics scrape)."""
+    for tally in list(_LIVE):
+        tally.flush()
 
 
 class DurationTally:
@@ -35,6 +43,7 @@ class DurationTally:
         self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        _LIVE.add(self)
 
     def observe(self, key: tuple[Any, ...], elapsed: float) -> None:
         entry = self._pending.get(key)
@@ -56,7 +65,9 @@ class DurationTally:
             if children is None:
                 labels = (*self._prefix, *(str(part) for part in key))
                 counter = self._counter.labels(*labels) if self._counter is not None else None
-                children = (counter, self._histogram.labels(*labels))
+                # An unlabelled histogram is its own (only) child.
+                histogram = self._histogram.labels(*labels) if labels else self._histogram
+                children = (counter, histogram)
                 if len(self._children) < _MAX_CACHED:
                     self._children[key] = children
             counter, histogram = children

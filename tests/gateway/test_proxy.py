@@ -243,6 +243,14 @@ async def test_rate_limit_stage_wiring(make_gateway: Any, signer: Any, orgs: Ups
     assert "Retry-After" in limited.headers
     ok = await gateway.get("/api/v1/public")
     assert "RateLimit-Limit" in ok.headers
+    # Decision times are batched in the process; a scrape sees every one of them.
+    metrics = await (await gateway.get("/metrics")).text()
+    decided = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gateway_ratelimit_decision_seconds_count ")
+    )
+    assert float(decided.split()[1]) >= 13  # 12 logins and one GET, at least (a shared registry)
     usage = await gateway.get(
         "/api/v1/usage", headers={"Authorization": f"Bearer {signer.token('u-usage')}"}
     )
