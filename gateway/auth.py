@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,18 +200,33 @@ class Authenticator:
 
     async def authenticate(self, headers: Any, route: Route) -> Verified | None:
         """The verified caller, None for an anonymous one where the route allows it."""
+        verified, check = await self.authenticate_begin(headers, route)
+        if check is not None:
+            await check
+        return verified
+
+    async def authenticate_begin(
+        self, headers: Any, route: Route
+    ) -> tuple[Verified | None, Awaitable[None] | None]:
+        """`authenticate`, with the token's revocation check sent to Redis but not awaited: the
+        caller may queue its own Redis commands (rate limit, cache lookup) to leave in the same
+        write, and must await the check (it raises for a revoked token) before it answers or
+        forwards anything for this caller."""
         authorization = headers.get("Authorization")
+        check: Awaitable[None] | None = None
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
                 raise _fail("malformed", "expected 'Authorization: Bearer <token>'")
-            verified = await self._token(token.strip())
+            token = token.strip()
+            verified = await self._token(token)
+            check = self._revocation_check(token, verified)
         else:
             key = headers.get("X-API-Key")
             if key is None:
                 if route.auth == "required":
                     raise _fail("missing", "authentication is required")
-                return None
+                return None, None
             verified = await self._api_key(key)
         principal = verified.principal
         if principal.kind == "api_key":
@@ -221,7 +237,7 @@ class Authenticator:
                 if scope not in principal.scopes:
                     _FAILURE["insufficient_scope"].inc()
                     raise Forbidden(f"the API key lacks the scope {scope!r}")
-        return verified
+        return verified, check
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -237,7 +253,6 @@ class Authenticator:
                 # FIFO eviction: dicts keep insertion order, the oldest entry goes first.
                 del self.tokens[next(iter(self.tokens))]
             self.tokens[token] = verified
-        await self._check_revoked(token, verified)
         return verified
 
     async def _verify(self, token: str) -> Verified:
@@ -298,13 +313,27 @@ class Authenticator:
         return Verified(principal, exp + self.leeway, identity, resign_at, tuple(keys),
                         int(claims["iat"]), mget_command(keys))  # fmt: skip
 
-    async def _check_revoked(self, token: str, verified: Verified) -> None:
+    def _revocation_check(self, token: str, verified: Verified) -> Awaitable[None]:
+        """Refuse a token on a local deny-list at once; else send its MGET now and return what
+        judges the reply."""
         principal = verified.principal
         if principal.token_id in self.revoked_jti or principal.session_id in self.revoked_sid:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")
+        reply: Awaitable[list[bytes | None]]
         try:
-            values = await self.revocations.mget(verified.keys, command=verified.command)
+            reply = self.revocations.mget(verified.keys, command=verified.command)
+        except (ConnectionError, OSError) as exc:  # judged below, like a failed reply
+            failed: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            reply = failed
+        return self._judge_revocation(token, verified, reply)
+
+    async def _judge_revocation(
+        self, token: str, verified: Verified, reply: Awaitable[list[bytes | None]]
+    ) -> None:
+        try:
+            values = await reply
         except (ConnectionError, OSError, TimeoutError) as exc:
             if self.fail_open:
                 _log.warning("revocation check skipped: redis unavailable", error=str(exc))

@@ -56,7 +56,13 @@ def lua_script(
             "  return wrk.format(nil, nil, s[1], s[2] or wrk.body) end"
         )
     if delay_ms is not None:
-        lines.append(f"delay = function() return {delay_ms} end")
+        # Exponential pauses (mean `delay_ms`): the connections drift apart, so requests arrive
+        # spread out like independent clients' (about Poisson), not as one synchronised burst per
+        # period whose queue (burst size x service time) would swamp the latency being measured.
+        lines.append(
+            f"delay = function() return math.floor(-math.log(1 - math.random()) * {delay_ms}"
+            " + 0.5) end"
+        )
     return "\n".join(lines) + "\n" + DONE_LUA
 
 

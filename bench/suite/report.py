@@ -323,8 +323,10 @@ def render(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         "## Every run",
         "",
         f"Saturation: `wrk -t1 -c64`, {data['duration_s']} s per run, best of {data['rounds']} "
-        "interleaved rounds; `@50%`: a 10 ms pause per connection and as many connections as "
-        "give half of the gateway's saturated rate, same for gateway and baseline. Latencies "
+        "interleaved rounds; `@50%`: a random pause per connection after each response "
+        "(exponential, mean 10 ms: the connections' requests spread out like independent "
+        "clients', not in synchronised bursts) and as many connections as give half of the "
+        "gateway's saturated rate, same for gateway and baseline. Latencies "
         "from wrk (p99.9 through a Lua `done()`); errors = socket errors, timeouts and unexpected "
         "statuses (for the 429 rows, anything but 429); CPU = utime+stime (/proc) of the server "
         "under test (gateway or nginx; the upstream for `upstream direct`) per request; RSS of "

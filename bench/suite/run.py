@@ -377,7 +377,8 @@ class Bench:
         }
         paced = {name: others for name, others in paced.items() if name in runs}
         for gateway_run, baselines in paced.items():
-            # A 10 ms pause per connection: response times add less to the cycle than with 1-2 ms.
+            # A 10 ms mean pause per connection (exponential, see lua_script): response times add
+            # less to the cycle than with 1-2 ms.
             rate = best[gateway_run].rps / 2
             delay = 10
             connections = max(2, round(rate * delay / 1000))

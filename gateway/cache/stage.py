@@ -195,7 +195,8 @@ class CacheStage:
         self, request: web.Request, policy: CachePolicy, principal: Principal | None, label: str
     ) -> tuple[Entry, int] | Probe | None:
         """The fast front end's HIT: `(entry, age)` when the entry answers this request as it
-        is stored (fresh, no conditional, an encoding the client takes; counted as a HIT), else
+        is stored (fresh, no conditional, an encoding the client takes; the caller counts it with
+        `count_hit` once it answers with it), else
         what was looked up for `handle(probe=...)`, or None when `handle` must do it all."""
         if request.method not in ("GET", "HEAD") or (
             policy.scope == "private" and principal is None
@@ -217,7 +218,6 @@ class CacheStage:
             and (not entry.gzipped or accepts_gzip(request))
             and entry.wire_headers() is not None
         ):
-            self._count(label, "HIT")
             return entry, max(0, int(age))
         return Probe(key, entry)
 
@@ -323,6 +323,10 @@ class CacheStage:
         headers["ETag"] = etag or etag_of(response.body)
         headers["X-Cache-Status"] = result
         return web.Response(status=response.status, body=response.body, headers=headers)
+
+    def count_hit(self, label: str) -> None:
+        """A HIT answered from what `probe` handed over."""
+        self._count(label, "HIT")
 
     def _count(self, label: str, result: str) -> None:
         counter = self._counters.get((label, result))

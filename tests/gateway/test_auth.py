@@ -176,6 +176,27 @@ async def test_revoked_token_is_refused_on_the_next_request(
     assert len(orgs.recorder.hits) == 1
 
 
+@pytest.mark.parametrize("fast_front", [True, False])
+async def test_a_revoked_token_gets_no_cached_answer_and_no_429_first(
+    make_gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream,
+    fast_front: bool,
+) -> None:  # fmt: skip
+    # On a cached, rate-limited route the check runs alongside the limiter and the lookup (one
+    # round trip to Redis): a revoked token must still get its 401, not the entry, not a 429.
+    gateway = await make_gateway(cache_enabled=True, ratelimit_enabled=True, fast_front=fast_front)
+    claims = signer.claims("user-11", iat=int(time.time()) - 10)
+    token = signer.token("user-11", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    for expected in ("MISS", "HIT"):
+        response = await gateway.get("/api/v1/cached", headers=bearer(token))
+        assert response.status == 200
+        assert response.headers["X-Cache-Status"] == expected
+    await redis.set(f"{redis_prefix}revoked:jti:{claims['jti']}", "1", ex=900)
+    for _ in range(130):  # past the user policy's burst (100) too: still 401, never 429
+        response = await gateway.get("/api/v1/cached", headers=bearer(token))
+        await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert len(orgs.recorder.hits) == 1
+
+
 async def test_token_issued_after_not_before_still_works(
     gateway: Any, signer: Signer, redis: Any, redis_prefix: str
 ) -> None:
