@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,30 @@ class Jwks:
         return self.keys.get(kid)
 
 
+class RevocationCheck:
+    """A token's revocation check, sent to Redis and judged when awaited (it raises for a
+    revoked token). Not awaited, it must be discarded: the reply is dropped, nothing leaks."""
+
+    __slots__ = ("auth", "reply", "token", "verified")
+
+    def __init__(self, auth: Authenticator, token: str, verified: Verified,
+                 reply: asyncio.Future[list[bytes | None]]) -> None:  # fmt: skip
+        self.auth = auth
+        self.token = token
+        self.verified = verified
+        self.reply = reply
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.auth._judge_revocation(self.token, self.verified, self.reply).__await__()
+
+    def discard(self) -> None:
+        if self.reply.done():
+            if not self.reply.cancelled():
+                self.reply.exception()  # retrieved: no "never retrieved" log
+        else:
+            self.reply.cancel()
+
+
 class Authenticator:
     """Turns a request's credentials into a `Verified` principal for a route."""
 
@@ -207,13 +231,13 @@ class Authenticator:
 
     async def authenticate_begin(
         self, headers: Any, route: Route
-    ) -> tuple[Verified | None, Awaitable[None] | None]:
+    ) -> tuple[Verified | None, RevocationCheck | None]:
         """`authenticate`, with the token's revocation check sent to Redis but not awaited: the
         caller may queue its own Redis commands (rate limit, cache lookup) to leave in the same
         write, and must await the check (it raises for a revoked token) before it answers or
         forwards anything for this caller."""
         authorization = headers.get("Authorization")
-        check: Awaitable[None] | None = None
+        check: RevocationCheck | None = None
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
@@ -313,21 +337,23 @@ class Authenticator:
         return Verified(principal, exp + self.leeway, identity, resign_at, tuple(keys),
                         int(claims["iat"]), mget_command(keys))  # fmt: skip
 
-    def _revocation_check(self, token: str, verified: Verified) -> Awaitable[None]:
+    def _revocation_check(self, token: str, verified: Verified) -> RevocationCheck:
         """Refuse a token on a local deny-list at once; else send its MGET now and return what
         judges the reply."""
         principal = verified.principal
         if principal.token_id in self.revoked_jti or principal.session_id in self.revoked_sid:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")
-        reply: Awaitable[list[bytes | None]]
+        reply: asyncio.Future[list[bytes | None]]
         try:
-            reply = self.revocations.mget(verified.keys, command=verified.command)
-        except (ConnectionError, OSError) as exc:  # judged below, like a failed reply
-            failed: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            reply = failed
-        return self._judge_revocation(token, verified, reply)
+            # A future in any case (a Task while (re)connecting), so `discard` can cancel it.
+            reply = asyncio.ensure_future(
+                self.revocations.mget(verified.keys, command=verified.command)
+            )
+        except (ConnectionError, OSError) as exc:  # judged like a failed reply
+            reply = asyncio.get_running_loop().create_future()
+            reply.set_exception(exc)
+        return RevocationCheck(self, token, verified, reply)
 
     async def _judge_revocation(
         self, token: str, verified: Verified, reply: Awaitable[list[bytes | None]]

@@ -38,7 +38,10 @@ def command(*parts: bytes) -> bytes:
 class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # (reply future, its deadline, when it was sent): replies come back in this order.
+        self.waiters: collections.deque[tuple[asyncio.Future[Any], float, float]] = (
+            collections.deque()
+        )
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.timeout = timeout
@@ -56,11 +59,16 @@ class _Protocol(asyncio.Protocol):
         if self.closed or self.transport is None:
             raise ConnectionError("redis connection lost")
         future = self._loop.create_future()
+        now = self._loop.time()
         if timeout is None:
             timeout = self.timeout
         elif timeout < self.period * 4:
-            self.period = timeout / 4  # the watchdog keeps the shortest deadline in use
-        self.waiters.append((future, self._loop.time() + timeout))
+            # The watchdog keeps up with the shortest deadline in use, from now on.
+            self.period = timeout / 4
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = self._loop.call_later(self.period, self._check)
+        self.waiters.append((future, now + timeout, now))
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(payload)
@@ -75,15 +83,17 @@ class _Protocol(asyncio.Protocol):
         if self.closed:
             return
         now = self._loop.time()
-        if self.waiters and self.waiters[0][1] < now:
-            # The oldest command is overdue: Redis is not answering; drop the link.
+        if self.waiters and now - self.waiters[0][2] > self.timeout:
+            # The oldest command has waited longer than the link's own timeout (at least any
+            # command's): Redis is not answering; drop the link.
             self._fail(TimeoutError("redis did not answer in time"))
             if self.transport is not None:
                 self.transport.abort()
             return
-        for future, deadline in self.waiters:
-            # A short-deadline command queued behind a longer one fails on time; it stays in
-            # the queue so that its reply, if it comes, is still matched (and dropped).
+        for future, deadline, _ in self.waiters:
+            # A command past its own deadline fails on time (a 75 ms rate-limit call behind a
+            # slow one) without taking the link, and the other commands, down with it; it stays
+            # in the queue so that its reply, if it comes, is still matched (and dropped).
             if deadline < now and not future.done():
                 future.set_exception(TimeoutError("redis did not answer in time"))
         self._watchdog = self._loop.call_later(self.period, self._check)
@@ -162,16 +172,26 @@ class RespClient:
                 loop.create_connection(lambda: _Protocol(self.timeout), self.host, self.port),
                 self.timeout,
             )
-            setup: list[asyncio.Future[Any]] = []
-            if self.password is not None:
-                auth = [b"AUTH", self.password.encode()]
-                if self.username:
-                    auth.insert(1, self.username.encode())
-                setup.append(protocol.send(command(*auth)))
-            if self.db:
-                setup.append(protocol.send(command(b"SELECT", str(self.db).encode())))
-            if setup:
-                await asyncio.gather(*setup)
+            try:
+                setup: list[asyncio.Future[Any]] = []
+                if self.password is not None:
+                    auth = [b"AUTH", self.password.encode()]
+                    if self.username:
+                        auth.insert(1, self.username.encode())
+                    setup.append(protocol.send(command(*auth)))
+                if self.db:
+                    setup.append(protocol.send(command(b"SELECT", str(self.db).encode())))
+                if setup:
+                    await asyncio.gather(*setup, return_exceptions=True)
+                    for result in [future.exception() for future in setup]:
+                        if result is not None:
+                            raise result
+            except BaseException:
+                # A refused AUTH/SELECT (or a cancelled caller) must not leave a socket and its
+                # watchdog behind: every later command would open another.
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+                raise
             self._protocol = protocol
             return protocol
 
@@ -185,7 +205,8 @@ class RespClient:
         return protocol.send(payload, timeout)
 
     async def _execute_after_connecting(self, payload: bytes, *, deadline: float | None) -> Any:
-        protocol = await self._connect()
+        # The caller's deadline bounds the (re)connection too, not only the reply.
+        protocol = await asyncio.wait_for(self._connect(), deadline or self.timeout)
         return await protocol.send(payload, deadline)
 
     def close(self) -> None:

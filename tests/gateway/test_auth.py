@@ -195,6 +195,11 @@ async def test_a_revoked_token_gets_no_cached_answer_and_no_429_first(
         response = await gateway.get("/api/v1/cached", headers=bearer(token))
         await assert_problem(response, 401, "UNAUTHENTICATED")
     assert len(orgs.recorder.hits) == 1
+    # And none of them was charged to the user: a stolen, revoked token cannot spend its
+    # victim's rate limit. The user's fresh token still has the burst left.
+    fresh = signer.token("user-11")
+    response = await gateway.get("/api/v1/cached", headers=bearer(fresh))
+    assert response.status == 200, await response.text()
 
 
 async def test_token_issued_after_not_before_still_works(

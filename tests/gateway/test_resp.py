@@ -35,12 +35,29 @@ async def test_a_short_deadline_behind_a_slow_command_fails_on_time_and_keeps_th
         client.close()
 
 
-async def test_the_oldest_command_overdue_drops_the_link_and_the_next_reconnects() -> None:
+async def test_a_short_deadline_at_the_head_fails_alone_and_the_others_still_get_answers() -> None:
+    # A 75 ms rate-limit call first in line during a Redis hiccup must not take the revocation
+    # checks queued behind it down with it (they have their own, longer deadlines).
     client = RespClient.from_url(REDIS_URL, timeout=1.0)
     try:
         key = f"test:resp:{uuid.uuid4().hex}".encode()
+        assert await client.execute(command(b"PING")) == b"PONG"
+        link = client._protocol
         with pytest.raises(TimeoutError):
-            await client.execute(command(b"BLPOP", key, b"1"), timeout=0.1)
+            await client.execute(command(b"BLPOP", key, b"0.3"), timeout=0.05)
+        assert await client.execute(command(b"PING"), timeout=0.8) == b"PONG"
+        assert client._protocol is link
+    finally:
+        client.close()
+
+
+async def test_a_command_waiting_past_the_link_timeout_drops_the_link_then_reconnects() -> None:
+    client = RespClient.from_url(REDIS_URL, timeout=0.2)
+    try:
+        key = f"test:resp:{uuid.uuid4().hex}".encode()
+        with pytest.raises(TimeoutError):
+            await client.execute(command(b"BLPOP", key, b"2"), timeout=0.1)
+        await asyncio.sleep(0.35)  # the link's own timeout passes: Redis counts as not answering
         assert client._protocol is not None
         assert client._protocol.closed
         assert await client.execute(command(b"PING")) == b"PONG"
