@@ -70,5 +70,7 @@ async def test_metrics_count_each_proxied_request_once(gateway: Any) -> None:
     assert count(after, upstream) - count(before, upstream) == 3
     assert count(after, requests) - count(before, requests) == 3
     assert 'upstream="orgs"' in next(
-        line for line in after.splitlines() if line.startswith(upstream)
+        line
+        for line in after.splitlines()
+        if line.startswith(upstream) and 'route="/api/v1/public"' in line
     )
