@@ -3,6 +3,7 @@ JSON parsing and rendering, and the identity forwarded by the gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -134,6 +135,11 @@ def observe_middleware(service: str) -> Callable[..., Awaitable[web.StreamRespon
         except web.HTTPException as exc:
             status = exc.status
             exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        except asyncio.CancelledError:
+            # The client went away mid-request (aiohttp cancels the handler): nginx's 499, not a
+            # 500 that error-rate alerts would count against the service.
+            status = 499
             raise
         finally:
             elapsed = time.perf_counter() - started

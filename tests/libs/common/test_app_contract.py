@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -260,3 +262,37 @@ async def test_identity_required_and_verified(client: TestClient[Any, Any]) -> N
     assert (await client.get("/whoami", headers=forged)).status == 401
     bare = {"X-Portico-Identity": "v1.eyJpZCI6ICJhZG1pbiJ9.AAAA"}
     assert (await client.get("/whoami", headers=bare)).status == 401
+
+
+async def test_a_client_gone_mid_body_is_counted_499_not_500(aiohttp_server: Any) -> None:
+    # aiohttp's test server, as run_app, cancels the handler when the client disconnects.
+    server = await aiohttp_server(make_app())
+    _, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n" + b'{"name": "' + b"x" * 1000
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+
+    def count(text: str, status: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("http_requests_total{")
+            and 'route="/items"' in line
+            and 'service="contract-test"' in line
+            and 'method="POST"' in line
+            and f'status="{status}"' in line
+        )
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):  # the handler's cancellation lands shortly after the disconnect
+            async with http.get(f"http://{server.host}:{server.port}/metrics") as resp:
+                text = await resp.text()
+            if count(text, "499") >= 1:
+                break
+            await asyncio.sleep(0.05)
+    assert count(text, "499") >= 1
+    assert count(text, "500") == 0
