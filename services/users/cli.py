@@ -2,6 +2,7 @@
 
 portico keys rotate
 portico admin create-user --admin --email root@example.com --password-stdin
+portico events replay-dlq portico.events.files [--limit 100]
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import getpass
 import sys
 from collections.abc import Sequence
 
+import aio_pika
+
 from libs.common.errors import PorticoError
 from libs.common.events import Outbox
+from libs.common.events.replay import replay_dead_letters
+from libs.common.events.topology import connect
 from libs.common.logging import configure_logging
 from libs.common.mongo import connect_mongo
 from libs.common.settings import load_settings
@@ -45,7 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    events = sub.add_parser("events", help="the event bus").add_subparsers(
+        dest="command", required=True
+    )
+    replay = events.add_parser(
+        "replay-dlq", help="move a consumer queue's parked events back to it (after the fix)"
+    )
+    replay.add_argument("queue", help="the consumer queue, e.g. portico.events.files")
+    replay.add_argument("--limit", type=int, default=None, help="at most this many")
     return parser
+
+
+async def _replay(settings: Settings, queue: str, limit: int | None) -> int:
+    connection = await connect(settings.rabbitmq_url, connection_name="portico-cli")
+    try:
+        return await replay_dead_letters(connection, queue, limit=limit)
+    finally:
+        await connection.close()
 
 
 async def _rotate(settings: Settings) -> str:
@@ -89,6 +110,14 @@ def run(argv: Sequence[str] | None = None, *, settings: Settings | None = None) 
     # Only problems go to the terminal; stdout is the command's answer.
     configure_logging(level="WARNING", json=False, service="portico-cli")
     try:
+        if args.group == "events":
+            try:
+                moved = asyncio.run(_replay(settings, args.queue, args.limit))
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                print(f"error: no queue {args.queue} (or {args.queue}.dlq)", file=sys.stderr)  # noqa: T201
+                return 1
+            print(f"replayed {moved} event(s) from {args.queue}.dlq to {args.queue}")  # noqa: T201
+            return 0
         if args.group == "keys":
             kid = asyncio.run(_rotate(settings))
             print(  # noqa: T201

@@ -49,8 +49,10 @@ from libs.common.events.topology import declare_exchange, retry_delays
 __all__ = [
     "ATTEMPT_HEADER",
     "ERROR_HEADER",
+    "FAILED_AT_HEADER",
     "ConsumerRuntime",
     "EventHandler",
+    "persistent_copy",
     "topic_matches",
 ]
 
@@ -80,6 +82,20 @@ def topic_matches(pattern: str, key: str) -> bool:
 
 class _AlreadyProcessed(Exception):
     """The event's processed record exists: an earlier delivery committed its effect."""
+
+
+def persistent_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """`message` to publish again (a retry, the DLQ, a replay), durable, with these headers."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        app_id=message.app_id,
+        correlation_id=message.correlation_id,
+    )
 
 
 class ConsumerRuntime:
@@ -421,16 +437,5 @@ class ConsumerRuntime:
         # Published with confirms before the original is acked: a crash in between duplicates the
         # message (absorbed by the processed ids), never loses it.
         await channel.default_exchange.publish(
-            aio_pika.Message(
-                message.body,
-                headers=headers,
-                content_type=message.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message.message_id,
-                type=message.type,
-                app_id=message.app_id,
-                correlation_id=message.correlation_id,
-            ),
-            routing_key=queue,
-            timeout=10,
+            persistent_copy(message, headers), routing_key=queue, timeout=10
         )

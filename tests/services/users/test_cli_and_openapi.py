@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from typing import Any
 
+import aio_pika
 import jwt
 import pytest
 from openapi_spec_validator import validate
@@ -196,3 +198,33 @@ async def test_anonymous_routes_refuse_malformed_bodies(
     assert body["code"] == "VALIDATION_FAILED"
     assert "Traceback" not in str(body)
     assert await outbox_events(db) == []
+
+
+async def test_cli_replays_a_consumer_queues_parked_events(settings: Settings) -> None:
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    queue = f"test.cli.{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        main = await channel.declare_queue(queue, auto_delete=False)
+        dlq = await channel.declare_queue(f"{queue}.dlq", auto_delete=False)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b'{"id":"e1"}', message_id="e1",
+                             headers={"x-portico-attempts": 5, "x-portico-error": "boom"}),
+            routing_key=dlq.name,
+        )  # fmt: skip
+        code, out, err = await _portico(settings, "events", "replay-dlq", queue)
+        assert code == 0, err
+        assert out.strip() == f"replayed 1 event(s) from {queue}.dlq to {queue}"
+        message = await main.get(timeout=5)
+        assert message.message_id == "e1"
+        assert "x-portico-attempts" not in (message.headers or {})  # every attempt again
+        await message.ack()
+        assert await dlq.get(fail=False) is None
+        code, _, err = await _portico(settings, "events", "replay-dlq", f"{queue}-typo")
+        assert code == 1
+        assert "no queue" in err
+        await main.delete()
+        await dlq.delete()
+    finally:
+        await connection.close()

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 from bson import ObjectId
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY
 from libs.common.events import Event, Outbox, OutboxEntry, handler_session
 from libs.common.events.consumer import ATTEMPT_HEADER, ERROR_HEADER, topic_matches
 from libs.common.events.handling import after_commit
+from libs.common.events.replay import replay_dead_letters
 from libs.common.mongo import Mongo
 from tests.libs.common.events.conftest import FAST, Bus, close_connections_named, wait_until
 
@@ -227,6 +229,57 @@ async def test_poison_event_is_parked_with_reason_and_the_queue_keeps_flowing(
     assert dead.headers[ATTEMPT_HEADER] == 4
     assert "ValueError: cannot handle this one" in str(dead.headers[ERROR_HEADER])
     assert orjson.loads(dead.body)["id"] == poison
+
+
+async def test_parked_events_are_replayed_to_their_own_queue_once_the_cause_is_fixed(
+    mongo: Mongo, bus: Bus
+) -> None:
+    outbox = Outbox(mongo, "users")
+    calls: Counter[str] = Counter()
+    effect = effect_handler(mongo)
+    broken = [True]
+
+    async def handler(event: Event) -> None:
+        calls[event.id] += 1
+        if broken[0]:
+            raise ValueError("a bug, fixed later")
+        await effect(event)
+
+    async def other(event: Event) -> None:  # another service bound to the same events
+        calls[f"other:{event.id}"] += 1
+
+    runtime = await bus.consumer("files", [(("user.deleted",), handler)], mongo=mongo)
+    await bus.consumer("orgs", [(("user.deleted",), other)], mongo=mongo)
+    await bus.relay(outbox)
+    parked_ids = await emit(outbox, 2, type="user.deleted")
+
+    async def parked() -> bool:
+        conn = bus.connections[0]
+        channel = await conn.channel()
+        queue = await channel.declare_queue(runtime.dlq_name, passive=True)
+        await channel.close()
+        return (queue.declaration_result.message_count or 0) == 2
+
+    await wait_until(parked, what="both events parked")
+    before = {i: calls[i] for i in parked_ids}  # every attempt (a group's too) failed
+    broken[0] = False  # the fix is deployed
+    connection = await bus.connection()
+    assert await replay_dead_letters(connection, runtime.queue_name) == 2
+
+    async def replayed() -> bool:
+        return await applied(mongo) == dict.fromkeys(parked_ids, 1)
+
+    await wait_until(replayed, what="the replayed events handled")
+    await asyncio.sleep(0.2)
+    # Applied once each (a transaction retried on a conflict may run a handler again, its
+    # effect still once), and handled again: the handler ran after the fix.
+    assert await applied(mongo) == dict.fromkeys(parked_ids, 1)
+    assert all(calls[i] > before[i] for i in parked_ids)
+    assert all(calls[f"other:{i}"] == 1 for i in parked_ids)  # nobody else saw them again
+    assert await bus.queue_messages(runtime.dlq_name) == []
+    assert await replay_dead_letters(connection, runtime.queue_name) == 0
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):  # a typo creates nothing
+        await replay_dead_letters(connection, f"{runtime.queue_name}-typo")
 
 
 async def test_malformed_message_goes_straight_to_the_dlq(mongo: Mongo, bus: Bus) -> None:
