@@ -575,10 +575,10 @@ class FastFront(asyncio.Protocol):
             if decision is not None:
                 extra.extend(decision.headers().items())
         probe: Any = None
-        if found is not None:
+        if found is not None and cache is not None:
             if isinstance(found, tuple):
                 entry, age = found
-                cache.count_hit(route.template)  # type: ignore[union-attr]  # found => cache
+                cache.count_hit(route.template)
                 status = self._hit(head, entry, age, extra, request_id, written)
                 return status, principal.id if principal is not None else None
             probe = found

@@ -80,7 +80,7 @@ class Probe:
 
     key: str
     entry: Entry | None
-    failed: bool = False  # Redis did not answer: `handle` bypasses without asking again
+    error: Exception | None = None  # Redis failed: `handle` bypasses without asking again
 
 
 class CacheStage:
@@ -157,8 +157,8 @@ class CacheStage:
         entry: Entry | None = None
         if not revalidate:
             try:
-                if probe is not None and probe.failed:
-                    raise ConnectionError("the cache lookup failed")
+                if probe is not None and probe.error is not None:
+                    raise probe.error
                 entry = probe.entry if probe is not None else await self._lookup(key)
             except _REDIS_ERRORS as exc:
                 _log.warning("cache_unavailable", route=label, error=type(exc).__name__)
@@ -207,8 +207,8 @@ class CacheStage:
             return Probe(key, None)
         try:
             entry = await self._lookup(key)
-        except _REDIS_ERRORS:
-            return Probe(key, None, failed=True)
+        except _REDIS_ERRORS as exc:
+            return Probe(key, None, error=exc)
         if entry is None:
             return Probe(key, None)
         age = self._clock() - entry.stored_at

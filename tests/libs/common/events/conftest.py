@@ -162,6 +162,14 @@ class Bus:
         await exchange.publish(aio_pika.Message(body, **props), routing_key=routing_key)
         await channel.close()
 
+    async def depth(self, name: str) -> int:
+        """How many messages queue `name` holds now."""
+        conn = self.connections[0] if self.connections else await self.connection()
+        channel = await conn.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        await channel.close()
+        return queue.declaration_result.message_count or 0
+
     async def queue_messages(self, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Take every message currently in queue `name` (acked: it is a test queue)."""
         conn = await self.connection()

@@ -254,11 +254,7 @@ async def test_parked_events_are_replayed_to_their_own_queue_once_the_cause_is_f
     parked_ids = await emit(outbox, 2, type="user.deleted")
 
     async def parked() -> bool:
-        conn = bus.connections[0]
-        channel = await conn.channel()
-        queue = await channel.declare_queue(runtime.dlq_name, passive=True)
-        await channel.close()
-        return (queue.declaration_result.message_count or 0) == 2
+        return await bus.depth(runtime.dlq_name) == 2
 
     await wait_until(parked, what="both events parked")
     before = {i: calls[i] for i in parked_ids}  # every attempt (a group's too) failed
@@ -292,11 +288,7 @@ async def test_malformed_message_goes_straight_to_the_dlq(mongo: Mongo, bus: Bus
     await bus.publish_raw(b"{not json", "user.created", message_id="junk")
 
     async def parked() -> bool:
-        conn = bus.connections[0]
-        channel = await conn.channel()
-        queue = await channel.declare_queue(runtime.dlq_name, passive=True)
-        await channel.close()
-        return (queue.declaration_result.message_count or 0) == 1
+        return await bus.depth(runtime.dlq_name) == 1
 
     await wait_until(parked, what="the malformed message in the DLQ")
     [dead] = await bus.queue_messages(runtime.dlq_name)
