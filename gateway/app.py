@@ -568,8 +568,9 @@ def create_app(
     app[GATEWAY] = gateway
     app[EDGE] = edge
     listener = RevocationListener(
-        settings.redis_url, f"{settings.redis_prefix}revocations", auth.on_revocation
-    )
+        settings.redis_url, f"{settings.redis_prefix}revocations", auth.on_revocation,
+        on_epoch=auth.on_revocation_epoch,
+    )  # fmt: skip
     app.cleanup_ctx.append(pools.ctx())
     app.cleanup_ctx.append(listener.ctx())
     app.cleanup_ctx.append(_revocations_ctx(revocations, auth))

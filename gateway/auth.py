@@ -1,8 +1,11 @@
 """Edge authentication: EdDSA access tokens verified locally against the users JWKS, revocation
-checked in Redis (one MGET), API keys resolved through the users service, scopes per route.
+checked in Redis (one MGET) and kept current by the revocation feed, API keys resolved through
+the users service, scopes per route.
 
-The hot path for a token seen before is a dict lookup, an `exp` comparison and one MGET: the
-verified claims and the signed `X-Portico-Identity` value are cached per token until it expires.
+The hot path for a token seen before is a dict lookup, an `exp` comparison and two denylist
+lookups: the verified claims and the signed `X-Portico-Identity` value are cached per token until
+it expires, and its Redis check holds for the feed's subscription epoch (at most a minute) —
+see `gateway.revocation`. Without a live feed, every request checks in Redis.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ for _counter in _FAILURE.values():
 _MAX_TOKEN = 8192
 _MAX_API_KEY = 256
 _NEGATIVE_KEY_SECONDS = 5.0
+# How long a token's Redis check holds while the feed is live: a bound on what a message lost
+# without the connection noticing could cost, at one MGET per token per interval.
+_RECHECK_SECONDS = 60.0
 _SERVICE = Principal(id="gateway", kind="service", roles=("service",))
 
 
@@ -63,6 +69,8 @@ class Verified:
     keys: tuple[bytes, ...] = ()  # revocation keys in Redis (tokens only)
     iat: int = 0
     command: bytes = b""  # the MGET of `keys`, serialised once per token
+    checked_epoch: int = 0  # the feed's epoch of the token's last clean Redis check
+    checked_until: float = 0.0  # ... which holds until then
 
 
 class Jwks:
@@ -143,17 +151,19 @@ class RevocationCheck:
     """A token's revocation check, sent to Redis and judged when awaited (it raises for a
     revoked token). Not awaited, it must be discarded: the reply is dropped, nothing leaks."""
 
-    __slots__ = ("auth", "reply", "token", "verified")
+    __slots__ = ("auth", "epoch", "reply", "token", "verified")
 
     def __init__(self, auth: Authenticator, token: str, verified: Verified,
-                 reply: asyncio.Future[list[bytes | None]]) -> None:  # fmt: skip
+                 reply: asyncio.Future[list[bytes | None]], epoch: int) -> None:  # fmt: skip
         self.auth = auth
         self.token = token
         self.verified = verified
         self.reply = reply
+        self.epoch = epoch
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self.auth._judge_revocation(self.token, self.verified, self.reply).__await__()
+        judged = self.auth._judge_revocation(self.token, self.verified, self.reply, self.epoch)
+        return judged.__await__()
 
     def discard(self) -> None:
         if self.reply.done():
@@ -199,6 +209,8 @@ class Authenticator:
         self._resolving: dict[str, asyncio.Future[Verified | None]] = {}
         self.revoked_jti: dict[str, float] = {}
         self.revoked_sid: dict[str, float] = {}
+        # The revocation feed's subscription epoch (`RevocationListener`); 0: no live feed.
+        self.revocation_epoch = 0
         self._service_identity = ("", 0.0)
 
     # -- identity -------------------------------------------------------------------------
@@ -337,13 +349,16 @@ class Authenticator:
         return Verified(principal, exp + self.leeway, identity, resign_at, tuple(keys),
                         int(claims["iat"]), mget_command(keys))  # fmt: skip
 
-    def _revocation_check(self, token: str, verified: Verified) -> RevocationCheck:
-        """Refuse a token on a local deny-list at once; else send its MGET now and return what
-        judges the reply."""
+    def _revocation_check(self, token: str, verified: Verified) -> RevocationCheck | None:
+        """Refuse a token on a local deny-list at once; pass it when its Redis check holds for
+        the live feed's epoch; else send its MGET now and return what judges the reply."""
         principal = verified.principal
         if principal.token_id in self.revoked_jti or principal.session_id in self.revoked_sid:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")
+        epoch = self.revocation_epoch
+        if epoch and verified.checked_epoch == epoch and time.time() < verified.checked_until:
+            return None
         reply: asyncio.Future[list[bytes | None]]
         try:
             # A future in any case (a Task while (re)connecting), so `discard` can cancel it.
@@ -353,10 +368,10 @@ class Authenticator:
         except (ConnectionError, OSError) as exc:  # judged like a failed reply
             reply = asyncio.get_running_loop().create_future()
             reply.set_exception(exc)
-        return RevocationCheck(self, token, verified, reply)
+        return RevocationCheck(self, token, verified, reply, epoch)
 
     async def _judge_revocation(
-        self, token: str, verified: Verified, reply: Awaitable[list[bytes | None]]
+        self, token: str, verified: Verified, reply: Awaitable[list[bytes | None]], epoch: int
     ) -> None:
         try:
             values = await reply
@@ -375,6 +390,11 @@ class Authenticator:
         if revoked:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")
+        if epoch and epoch == self.revocation_epoch:
+            # Sent after the subscription was confirmed: anything revoked since Redis answered
+            # reaches the feed, which refuses the token before its next request is looked at.
+            verified.checked_epoch = epoch
+            verified.checked_until = time.time() + _RECHECK_SECONDS
 
     # -- API keys -------------------------------------------------------------------------
 
@@ -457,6 +477,9 @@ class Authenticator:
         return verified
 
     # -- invalidation (revocation channel) ------------------------------------------------
+
+    def on_revocation_epoch(self, epoch: int) -> None:
+        self.revocation_epoch = epoch
 
     def on_revocation(self, kind: str, value: str) -> None:
         """Apply a `portico:revocations` message to the in-process caches."""

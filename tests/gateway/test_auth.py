@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.app import GATEWAY
 from libs.common.identity import IDENTITY_HEADER, Principal, sign_identity, verify_identity
+from services.users.service.revocation import Revocations
 from tests.conftest import TEST_SECRET
 from tests.gateway.conftest import Signer, Upstream, assert_problem, b64, unsigned_token
 
@@ -157,20 +160,129 @@ async def redis(redis_url: str) -> Any:
     await client.aclose()
 
 
-@pytest.mark.parametrize("kind", ["jti", "sid", "not_before"])
+@pytest.fixture
+def revocations(redis: Any, redis_prefix: str) -> Revocations:
+    """What the users service runs on logout, session revocation and password change: SET the
+    denylist key, then PUBLISH on the revocation channel."""
+    return Revocations(redis, prefix=redis_prefix, access_seconds=900)
+
+
+async def feed_epoch(gateway: Any, *, other_than: int = 0) -> int:
+    """The gateway's revocation-feed epoch once its subscription is confirmed (and is not
+    `other_than`)."""
+    auth = gateway.app[GATEWAY].auth
+    for _ in range(200):
+        if auth.revocation_epoch not in (0, other_than):
+            return int(auth.revocation_epoch)
+        await asyncio.sleep(0.02)
+    raise AssertionError("the revocation feed never subscribed")
+
+
+async def kill_feed(redis: Any, redis_prefix: str) -> None:
+    """Cut the gateway's subscription from the Redis side (as a Redis restart or failover would)."""
+    name = f"portico-revocations@{redis_prefix}revocations"
+    clients = await redis.client_list()
+    ids = [c["id"] for c in clients if c.get("name") == name]
+    assert ids, "the feed's connection is not in CLIENT LIST"
+    for client_id in ids:
+        await redis.client_kill_filter(_id=client_id)
+
+
+class Monitor:
+    """The commands Redis executes that mention `needle`, through MONITOR (a real observation of
+    what the gateway asks Redis, among every other client's commands)."""
+
+    def __init__(self, redis_url: str, needle: str) -> None:
+        self.redis_url, self.needle = redis_url, needle
+
+    async def during(self, action: Callable[[], Awaitable[None]]) -> list[str]:
+        client = aioredis.from_url(self.redis_url)
+        marker = f"monitor-done-{time.monotonic_ns()}"
+        seen: list[str] = []
+        try:
+            async with client.monitor() as monitor:
+                await action()
+                await client.echo(marker)
+                while True:
+                    command = (await asyncio.wait_for(monitor.next_command(), 5))["command"]
+                    if marker in command:
+                        return seen
+                    if self.needle in command:
+                        seen.append(command)
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("fast_front", [True, False])
+@pytest.mark.parametrize("kind", ["jti", "sid", "user"])
 async def test_revoked_token_is_refused_on_the_next_request(
-    gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream, kind: str
-) -> None:
+    make_gateway: Any, signer: Signer, revocations: Revocations, orgs: Upstream, kind: str,
+    fast_front: bool,
+) -> None:  # fmt: skip
+    gateway = await make_gateway(fast_front=fast_front)
+    await feed_epoch(gateway)
     claims = signer.claims("user-9", iat=int(time.time()) - 10)
     token = signer.token("user-9", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
-    assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+    for _ in range(3):  # checked in Redis once; then trusted on the feed's word
+        assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
     if kind == "jti":
-        await redis.set(f"{redis_prefix}revoked:jti:{claims['jti']}", "1", ex=900)
+        await revocations.revoke_token(claims["jti"], claims["exp"])
     elif kind == "sid":
-        await redis.set(f"{redis_prefix}revoked:sid:{claims['sid']}", "1", ex=960)
+        await revocations.revoke_sessions([claims["sid"]])
     else:
-        await redis.set(f"{redis_prefix}user:user-9:not_before", str(int(time.time())), ex=960)
-    # No pub/sub message needed: the very next request sees it.
+        await revocations.revoke_user("user-9")
+    response = await gateway.get("/api/v1/private", headers=bearer(token))
+    await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert len(orgs.recorder.hits) == 3
+
+
+async def test_a_known_token_costs_no_redis_command_while_the_feed_is_live(
+    gateway: Any, signer: Signer, redis: Any, redis_url: str, redis_prefix: str
+) -> None:
+    epoch = await feed_epoch(gateway)
+    claims = signer.claims("user-12")
+    token = signer.token("user-12", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    monitor = Monitor(redis_url, f"revoked:jti:{claims['jti']}")
+
+    async def requests(count: int) -> None:
+        for _ in range(count):
+            assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+
+    assert len(await monitor.during(lambda: requests(5))) == 1  # the first one only
+    assert await monitor.during(lambda: requests(5)) == []
+    # The feed drops: no message can be trusted to arrive, so the token is checked again.
+    await kill_feed(redis, redis_prefix)
+    await feed_epoch(gateway, other_than=epoch)
+    assert len(await monitor.during(lambda: requests(3))) == 1
+
+
+async def test_a_revocation_published_while_the_feed_was_down_is_still_caught(
+    gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream
+) -> None:
+    epoch = await feed_epoch(gateway)
+    claims = signer.claims("user-13")
+    token = signer.token("user-13", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+    await kill_feed(redis, redis_prefix)
+    # Revoked while no subscription listened: the key is in Redis, the message went nowhere.
+    await redis.set(f"{redis_prefix}revoked:jti:{claims['jti']}", "1", ex=900)
+    await feed_epoch(gateway, other_than=epoch)
+    response = await gateway.get("/api/v1/private", headers=bearer(token))
+    await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert len(orgs.recorder.hits) == 1
+
+
+async def test_without_a_feed_every_request_checks_redis(
+    gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream
+) -> None:
+    # Before the subscription is confirmed (or while Redis refuses it), a denylist key alone,
+    # with no message, refuses the token on its next request.
+    gateway.app[GATEWAY].auth.on_revocation_epoch(0)
+    claims = signer.claims("user-14", iat=int(time.time()) - 10)
+    token = signer.token("user-14", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+    gateway.app[GATEWAY].auth.on_revocation_epoch(0)  # the feed may have subscribed meanwhile
+    await redis.set(f"{redis_prefix}user:user-14:not_before", str(int(time.time())), ex=960)
     response = await gateway.get("/api/v1/private", headers=bearer(token))
     await assert_problem(response, 401, "UNAUTHENTICATED")
     assert len(orgs.recorder.hits) == 1
@@ -178,7 +290,7 @@ async def test_revoked_token_is_refused_on_the_next_request(
 
 @pytest.mark.parametrize("fast_front", [True, False])
 async def test_a_revoked_token_gets_no_cached_answer_and_no_429_first(
-    make_gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream,
+    make_gateway: Any, signer: Signer, revocations: Revocations, orgs: Upstream,
     fast_front: bool,
 ) -> None:  # fmt: skip
     # On a cached, rate-limited route the check runs alongside the limiter and the lookup (one
@@ -190,7 +302,7 @@ async def test_a_revoked_token_gets_no_cached_answer_and_no_429_first(
         response = await gateway.get("/api/v1/cached", headers=bearer(token))
         assert response.status == 200
         assert response.headers["X-Cache-Status"] == expected
-    await redis.set(f"{redis_prefix}revoked:jti:{claims['jti']}", "1", ex=900)
+    await revocations.revoke_token(claims["jti"], claims["exp"])
     for _ in range(130):  # past the user policy's burst (100) too: still 401, never 429
         response = await gateway.get("/api/v1/cached", headers=bearer(token))
         await assert_problem(response, 401, "UNAUTHENTICATED")

@@ -30,6 +30,11 @@ class Revocations:
 
     async def _publish(self, kind: str, value: str) -> None:
         await self.redis.publish(self.channel, orjson.dumps({"kind": kind, "value": value}))
+        # Gateways trust a token they checked until its revocation message arrives, so it must
+        # be on their sockets before this revocation is answered. Redis writes a PUBLISH's reply
+        # and its messages in the same pass, publisher first; a second round trip is answered in
+        # a later pass, after every subscriber's copy was written.
+        await self.redis.ping()
 
     @redis_required("revocation is temporarily unavailable")
     async def revoke_token(self, jti: str, exp: int | None) -> None:
