@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-import re
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -26,23 +25,18 @@ _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
 
 
-_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_CONTROL_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# What a header block may hold once its CRLFs are gone: HTAB, visible ASCII, obs-text.
+_SAFE_HEADER_BYTES = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 
 def unsafe_header_block(block: bytes | str) -> bool:
     """Header lines joined by CRLF hold a control character other than HTAB, or a CR or LF
-    that does not end a line (RFC 9110 5.5): relayed, it could split a response. (A character
-    class and three counts: ~4x faster than one regex with look-arounds.)"""
-    if isinstance(block, bytes):
-        if _CONTROL_BYTES.search(block) is not None:
-            return True
-        crlf = block.count(b"\r\n")
-        return block.count(b"\r") != crlf or block.count(b"\n") != crlf
-    if _CONTROL_TEXT.search(block) is not None:
-        return True
-    crlf = block.count("\r\n")
-    return block.count("\r") != crlf or block.count("\n") != crlf
+    that does not end a line (RFC 9110 5.5): relayed, it could split a response. (CRLFs removed,
+    whatever `translate` does not delete is unsafe: two C passes, ~2x faster than a character
+    class search and counts of CR, LF and CRLF.)"""
+    if isinstance(block, str):
+        block = block.encode("utf-8", "surrogateescape")
+    return bool(block.replace(b"\r\n", b"").translate(None, _SAFE_HEADER_BYTES))
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -159,6 +153,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._no_body = False
         self._timeout = 0.0
+        # Cached: CPython 3.11's get_running_loop() makes a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -381,7 +377,7 @@ class _Connection(asyncio.Protocol):
         self._no_body = no_body
         self._timeout = timeout
         self._keep_alive = True
-        waiter: asyncio.Future[H1Response] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[H1Response] = self._loop.create_future()
         self._head_waiter = waiter
         self.transport.write(payload)
         return waiter
@@ -403,6 +399,7 @@ class H1Pool:
         self._waiting: dict[asyncio.Future[H1Response], tuple[float, _Connection]] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._watch_at = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._watchdog is not None:
@@ -456,7 +453,9 @@ class H1Pool:
             head.encode("utf-8", "surrogateescape"), b"\r\n",
         ))  # fmt: skip
         no_body = method == "HEAD"
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # the pool may be built before the loop runs
+            loop = self._loop = asyncio.get_running_loop()
         for _ in range(2):
             conn: _Connection | None = None
             while self._idle and conn is None:  # inline: no coroutine when a connection idles
