@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.edge import Edge
-from gateway.h1client import H1Response
+from gateway.h1client import H1Response, UpstreamProtocolError, unsafe_header_block
 from gateway.routing import IDEMPOTENT, Route
 from gateway.tally import DurationTally
 from gateway.upstreams import UPSTREAM_DURATION, Upstream, backoff_delay
@@ -224,6 +224,13 @@ async def send_upstream(
                     allow_redirects=False,
                     timeout=route.client_timeout,
                 )
+                if unsafe_header_block(
+                    b"\r\n".join(b"%s: %s" % pair for pair in response.raw_headers)
+                ):
+                    # aiohttp's lenient parser keeps them; its writer would refuse them to the
+                    # client mid-answer. A broken upstream answer, as the keep-alive pool's.
+                    response.close()
+                    raise UpstreamProtocolError("control character in the response head")
         except PayloadTooLarge:
             breaker.release_probe()
             raise

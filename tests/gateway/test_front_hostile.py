@@ -503,18 +503,32 @@ async def test_control_characters_in_upstream_headers_never_reach_the_client(
     async with server:
         client = await make_gateway(orgs_urls=url, cache_enabled=True, **front_kind)
         for _ in range(2):  # the second GET of the cached route would be a HIT
-            if not front_kind["fast_front"]:
-                # aiohttp's writer refuses the header when it prepares the response: it closes
-                # the connection with no answer at all (and logs why). Never an injected one.
-                reader, writer = await asyncio.open_connection(*address_of(client.server))
-                writer.write(_get(path))
-                data = await asyncio.wait_for(reader.read(), 10)
-                writer.close()
-                assert b"Injected" not in data
-                assert not data or data.startswith(b"HTTP/1.1 5"), data
-                continue
             raw = await send_raw(*address_of(client.server), _get(path))
             assert raw.status == 503, raw  # UPSTREAM_UNAVAILABLE, as any broken upstream answer
             assert raw.headers["content-type"] == "application/problem+json"
             assert "injected" not in raw.headers
             assert "x-a" not in raw.headers
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+@pytest.mark.parametrize("value", [b"a\rInjected: 1", b"a\x00b", b"a\x1bb", b"a\x7fb"])
+async def test_control_characters_in_the_upstream_answer_to_a_post_never_reach_the_client(
+    make_gateway: MakeGateway, front_kind: dict[str, Any], value: bytes
+) -> None:
+    # A request with a body goes through aiohttp's client, not the keep-alive GET pool. (Its
+    # lenient parser reads a bare LF as a line end: two well-formed headers, relayed as such.)
+    server, url = await _raw_upstream(
+        b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-A: " + value
+        + b"\r\nContent-Length: 2\r\n\r\nok"
+    )  # fmt: skip
+    async with server:
+        client = await make_gateway(orgs_urls=url, **front_kind)
+        post = (
+            b"POST /api/v1/public HTTP/1.1\r\n" + HOST + b"Content-Type: text/plain\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )  # fmt: skip
+        raw = await send_raw(*address_of(client.server), post)
+        assert raw.status in (502, 503), raw
+        assert raw.headers["content-type"] == "application/problem+json"
+        assert "injected" not in raw.headers
+        assert "x-a" not in raw.headers
