@@ -257,7 +257,7 @@ async def _pipeline(
             route_policy=route.rate, client_ip=client_ip(request), principal=principal
         )
         if decision is not None:
-            extra.extend(decision.headers().items())
+            extra.extend(decision.header_items())
     if route.handler is not None:
         response = await gateway.local[route.handler](request, principal)
         for name, value in extra:

@@ -573,7 +573,7 @@ class FastFront(asyncio.Protocol):
                 principal=principal,
             )  # fmt: skip
             if decision is not None:
-                extra.extend(decision.headers().items())
+                extra.extend(decision.header_items())
         probe: Any = None
         if found is not None and cache is not None:
             if isinstance(found, tuple):

@@ -16,6 +16,8 @@ __all__ = ["CacheStageLike", "RateDecisionLike", "RateLimitStageLike"]
 class RateDecisionLike(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
+    def header_items(self) -> list[tuple[str, str]]: ...
+
 
 class RateLimitStageLike(Protocol):
     async def evaluate(

@@ -15,10 +15,10 @@ from typing import Any
 
 from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
 
-__all__ = ["DurationTally", "RequestTally", "flush_all"]
+__all__ = ["CountTally", "DurationTally", "RequestTally", "flush_all"]
 
 _MAX_CACHED = 5000
-_LIVE: weakref.WeakSet[DurationTally] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[DurationTally | CountTally] = weakref.WeakSet()
 
 
 def flush_all() -> None:
@@ -78,6 +78,42 @@ class DurationTally:
             for index, hits in enumerate(buckets):
                 if hits:
                     histogram._buckets[index].inc(hits)
+
+
+class CountTally:
+    """Increments of a prometheus Counter by label values, added in batches: `inc` costs a dict
+    update (`Counter.inc` takes a lock, ~1.5 us)."""
+
+    def __init__(self, counter: Any, *, delay: float = 1.0) -> None:
+        self.delay = delay
+        self._counter = counter
+        self._pending: dict[tuple[str, ...], int] = {}
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        _LIVE.add(self)
+
+    def inc(self, key: tuple[str, ...]) -> None:
+        pending = self._pending
+        count = pending.get(key)
+        if count is None:
+            pending[key] = 1
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+        else:
+            pending[key] = count + 1
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for key, count in pending.items():
+            child = self._children.get(key)
+            if child is None:
+                child = self._counter.labels(*key)
+                if len(self._children) < _MAX_CACHED:
+                    self._children[key] = child
+            child.inc(count)
 
 
 class RequestTally(DurationTally):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,7 @@ from gateway.ratelimit.local import DAY_US, LocalLimiter
 from gateway.ratelimit.metrics import BACKEND_ERRORS, DECISION_SECONDS, DECISIONS, MODE, MODES
 from gateway.ratelimit.script import SCRIPT, SCRIPT_SHA
 from gateway.resp import ReplyError, RespClient, bulk, command
-from gateway.tally import DurationTally
+from gateway.tally import CountTally, DurationTally
 from libs.common.errors import QuotaExceeded, RateLimited, UpstreamUnavailable
 from libs.common.identity import Principal
 
@@ -46,11 +46,14 @@ class RateDecision:
     reset: int  # seconds until the limit is fully replenished
 
     def headers(self) -> dict[str, str]:
-        return {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(self.reset),
-        }
+        return dict(self.header_items())
+
+    def header_items(self) -> list[tuple[str, str]]:
+        return [
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(self.remaining)),
+            ("RateLimit-Reset", str(self.reset)),
+        ]
 
 
 class _Limit:
@@ -70,7 +73,7 @@ class _Limit:
 class _Plan:
     """A policy compiled for the hot path."""
 
-    __slots__ = ("by_ip", "limits", "metrics", "name", "policy")
+    __slots__ = ("allowed_key", "by_ip", "limits", "metrics", "name", "policy")
 
     def __init__(self, name: str, policy: Policy, key_prefix: str, *, key_name: str,
                  count_always: bool) -> None:  # fmt: skip
@@ -84,10 +87,46 @@ class _Plan:
             quota = policy.daily_quota or 0
             limits.append(_Limit(f"{key_prefix}q:{key_name}:", (b"q", quota, 0), quota))
         self.limits = tuple(limits)
+        self.allowed_key = (name, "allowed")
         self.metrics = {
             result: DECISIONS.labels(policy=name, result=result)
             for result in ("allowed", "rate_limited", "quota_exceeded", "bypassed", "unavailable")
         }
+
+
+class _Compiled:
+    """The limits that apply to one (route policy, client IP, caller), with the script call
+    that consumes them serialised once: a decision builds nothing but its answer."""
+
+    __slots__ = ("consume", "keys", "limits", "owners", "plans", "specs")
+
+    def __init__(self, plans: list[tuple[_Plan, str]]) -> None:
+        limits: list[_Limit] = []
+        keys: list[bytes] = []
+        owners: list[_Plan] = []
+        for plan, ident in plans:
+            raw = ident.encode()
+            for limit in plan.limits:
+                limits.append(limit)
+                keys.append(limit.prefix + raw)
+                owners.append(plan)
+        self.plans = plans
+        self.limits = tuple(limits)
+        self.keys = tuple(keys)
+        self.owners = tuple(owners)
+        self.specs = [limit.spec for limit in limits]
+        self.consume = self.payload(_SERVER_TIME, consume=True)
+
+    def payload(self, now: bytes, *, consume: bool) -> bytes:
+        count = len(self.keys)
+        return b"".join((
+            b"*%d\r\n" % (5 + 4 * count), _EVALSHA, bulk(b"%d" % count),
+            *(bulk(key) for key in self.keys), now, _CONSUME if consume else _PEEK,
+            *(limit.argv for limit in self.limits),
+        ))  # fmt: skip
+
+
+_MAX_COMPILED = 10_000
 
 
 def _redis_client(redis: str | aioredis.Redis | RespClient, timeout: float) -> RespClient:
@@ -107,8 +146,10 @@ def _redis_client(redis: str | aioredis.Redis | RespClient, timeout: float) -> R
     )
 
 
-# `gateway_ratelimit_decision_seconds`, batched (Histogram.observe costs ~2 us a call).
+# `gateway_ratelimit_decision_seconds`, batched (Histogram.observe costs ~2 us a call), and
+# the "allowed" decisions (every other result is rare enough for Counter.inc).
 _DECISION_TALLY = DurationTally(DECISION_SECONDS)
+_ALLOWED_TALLY = CountTally(DECISIONS)
 
 
 class RateLimitStage:
@@ -145,6 +186,7 @@ class RateLimitStage:
         self._user = self._plans["user"]
         self._default_tier = self._tiers[config.default_tier]
         self._local = LocalLimiter(config.local_max_keys)
+        self._compiled: dict[tuple[str | None, ...], _Compiled] = {}
         self._unknown_warned: set[str] = set()
         # Backend health: while degraded, one request at a time probes Redis, with backoff.
         self.mode = "redis"
@@ -161,22 +203,21 @@ class RateLimitStage:
         """Consume one request from every applicable limit, or raise RateLimited/QuotaExceeded."""
         started = time.perf_counter()
         try:
-            plans = self._applicable(route_policy, client_ip, principal)
-            limits, keys = self._limits_and_keys(plans)
-            reply = await self._run(limits, keys, consume=True)
+            compiled = self._compile(route_policy, client_ip, principal)
+            reply = await self._run(compiled, consume=True)
             if reply is None:  # fail open
-                plans[0][0].metrics["bypassed"].inc()
+                compiled.plans[0][0].metrics["bypassed"].inc()
                 return None
-            return self._decide(plans, limits, reply)
+            return self._decide(compiled, reply)
         finally:
             _DECISION_TALLY.observe((), time.perf_counter() - started)
 
     async def usage(self, *, principal: Principal | None, client_ip: str) -> dict[str, Any]:
         """The caller's tier, rate state and today's quota, without consuming anything."""
-        plans = self._applicable(None, client_ip, principal)
-        limits, keys = self._limits_and_keys(plans)
-        reply = await self._run(limits, keys, consume=False)
-        plan = plans[0][0]
+        compiled = self._compile(None, client_ip, principal)
+        limits = compiled.limits
+        reply = await self._run(compiled, consume=False)
+        plan = compiled.plans[0][0]
         if principal is None:
             tier = "anonymous"
         elif principal.kind == "api_key":
@@ -209,6 +250,22 @@ class RateLimitStage:
 
     # -- which limits apply ---------------------------------------------------------------
 
+    def _compile(
+        self, route_policy: str | None, client_ip: str, principal: Principal | None
+    ) -> _Compiled:
+        if principal is None:
+            key: tuple[str | None, ...] = (route_policy, client_ip)
+        else:  # the tier is part of the key: a changed tier applies to the next request
+            key = (route_policy, client_ip, principal.kind, principal.id, principal.key_id,
+                   principal.tier)  # fmt: skip
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = _Compiled(self._applicable(route_policy, client_ip, principal))
+            if len(self._compiled) >= _MAX_COMPILED:
+                del self._compiled[next(iter(self._compiled))]  # the oldest goes first
+            self._compiled[key] = compiled
+        return compiled
+
     def _applicable(
         self, route_policy: str | None, client_ip: str, principal: Principal | None
     ) -> list[tuple[_Plan, str]]:
@@ -230,30 +287,17 @@ class RateLimitStage:
                 plans.append((override, ident))
         return plans
 
-    @staticmethod
-    def _limits_and_keys(plans: list[tuple[_Plan, str]]) -> tuple[list[_Limit], list[bytes]]:
-        limits: list[_Limit] = []
-        keys: list[bytes] = []
-        for plan, ident in plans:
-            raw = ident.encode()
-            for limit in plan.limits:
-                limits.append(limit)
-                keys.append(limit.prefix + raw)
-        return limits, keys
-
     # -- backends ---------------------------------------------------------------------------
 
     def _now_us(self) -> int:
         return int((self.clock or time.time)() * 1_000_000)
 
-    async def _run(
-        self, limits: Sequence[_Limit], keys: Sequence[bytes], *, consume: bool
-    ) -> list[int] | None:
+    async def _run(self, compiled: _Compiled, *, consume: bool) -> list[int] | None:
         """The script's reply from Redis, or from the failure mode; None means fail open."""
         probe = self.mode != "redis"
         if not probe or self._probe_due():
             try:
-                reply = await self._remote(limits, keys, consume)
+                reply = await self._remote(compiled, consume)
             except (OSError, ReplyError) as exc:
                 self._degrade(exc, probe=probe)
             else:
@@ -265,22 +309,18 @@ class RateLimitStage:
                     self._probing = False
         mode = self.config.failure_mode
         if mode == "local":
-            return self._local.run([limit.spec for limit in limits], keys, self._now_us(), consume)
+            return self._local.run(compiled.specs, list(compiled.keys), self._now_us(), consume)
         if mode == "open":
             return None
         DECISIONS.labels(policy="*", result="unavailable").inc()
         raise UpstreamUnavailable("rate limiting is unavailable")
 
-    async def _remote(
-        self, limits: Sequence[_Limit], keys: Sequence[bytes], consume: bool
-    ) -> list[int]:
-        now = _SERVER_TIME if self.clock is None else bulk(b"%d" % self._now_us())
-        count = len(keys)
-        payload = b"".join((
-            b"*%d\r\n" % (5 + 4 * count), _EVALSHA, bulk(b"%d" % count),
-            *(bulk(key) for key in keys), now, _CONSUME if consume else _PEEK,
-            *(limit.argv for limit in limits),
-        ))  # fmt: skip
+    async def _remote(self, compiled: _Compiled, consume: bool) -> list[int]:
+        if self.clock is None and consume:
+            payload = compiled.consume
+        else:
+            now = _SERVER_TIME if self.clock is None else bulk(b"%d" % self._now_us())
+            payload = compiled.payload(now, consume=consume)
         timeout = self.config.redis_timeout
         try:
             reply: list[int] = await self.client.execute(payload, timeout=timeout)
@@ -327,10 +367,8 @@ class RateLimitStage:
     # -- the decision ------------------------------------------------------------------------
 
     @staticmethod
-    def _decide(
-        plans: list[tuple[_Plan, str]], limits: Sequence[_Limit], reply: list[int]
-    ) -> RateDecision:
-        owners = [plan for plan, _ in plans for _limit in plan.limits]
+    def _decide(compiled: _Compiled, reply: list[int]) -> RateDecision:
+        limits, owners = compiled.limits, compiled.owners
         if reply[0] == 1:
             best = -1
             best_remaining = best_reset = 0
@@ -344,7 +382,7 @@ class RateLimitStage:
                     or (remaining == best_remaining and reset_ms > best_reset)
                 ):
                     best, best_remaining, best_reset = index, remaining, reset_ms
-            owners[best].metrics["allowed"].inc()
+            _ALLOWED_TALLY.inc(owners[best].allowed_key)
             return RateDecision(
                 policy=owners[best].name,
                 limit=limits[best].limit,

@@ -159,6 +159,9 @@ class FakeDecision:
     def headers(self) -> dict[str, str]:
         return {"RateLimit-Limit": "10", "RateLimit-Remaining": "9", "RateLimit-Reset": "1"}
 
+    def header_items(self) -> list[tuple[str, str]]:
+        return list(self.headers().items())
+
 
 class FakeRateLimit:
     """A stand-in for gateway/ratelimit's stage, to check the gateway calls it as agreed."""
@@ -237,12 +240,18 @@ async def test_rate_limit_stage_wiring(make_gateway: Any, signer: Any, orgs: Ups
     pytest.importorskip("gateway.ratelimit")
     gateway = await make_gateway(ratelimit_enabled=True)
 
-    async def decisions() -> float:
+    async def decisions() -> tuple[float, float]:
+        """Decisions timed, and decisions that allowed a request (any policy)."""
         metrics = await (await gateway.get("/metrics")).text()
         prefix = "gateway_ratelimit_decision_seconds_count "
-        return float(
+        timed = float(
             next(line for line in metrics.splitlines() if line.startswith(prefix))[len(prefix) :]
         )
+        allowed = sum(
+            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            if line.startswith("gateway_ratelimit_decisions_total{") and 'result="allowed"' in line
+        )  # fmt: skip
+        return timed, allowed
 
     before = await decisions()
     statuses = [(await gateway.post("/api/v1/login", json={})).status for _ in range(11)]
@@ -252,8 +261,10 @@ async def test_rate_limit_stage_wiring(make_gateway: Any, signer: Any, orgs: Ups
     assert "Retry-After" in limited.headers
     ok = await gateway.get("/api/v1/public")
     assert "RateLimit-Limit" in ok.headers
-    # Decision times are batched in the process; a scrape sees every one of them at once.
-    assert await decisions() - before >= 13  # 12 logins and one GET (a shared registry)
+    # Decision times and counts are batched in the process; a scrape sees every one at once.
+    after = await decisions()
+    assert after[0] - before[0] >= 13  # 12 logins and one GET (a shared registry)
+    assert after[1] - before[1] >= 11  # 10 logins and one GET allowed
     usage = await gateway.get(
         "/api/v1/usage", headers={"Authorization": f"Bearer {signer.token('u-usage')}"}
     )
