@@ -532,6 +532,7 @@ def create_app(
         apikey_seconds=settings.apikey_cache_seconds,
         identity_ttl=settings.identity_ttl_seconds,
         fail_open=settings.revocation_on_error == "open",
+        trust_feed=settings.revocation_check == "feed",
     )
     edge = Edge(
         trusted_proxies=split_list(settings.trusted_proxies),

@@ -2,10 +2,11 @@
 checked in Redis (one MGET) and kept current by the revocation feed, API keys resolved through
 the users service, scopes per route.
 
-The hot path for a token seen before is a dict lookup, an `exp` comparison and two denylist
-lookups: the verified claims and the signed `X-Portico-Identity` value are cached per token until
-it expires, and its Redis check holds for the feed's subscription epoch (at most a minute) —
-see `gateway.revocation`. Without a live feed, every request checks in Redis.
+The hot path for a token seen before is a dict lookup, an `exp` comparison, two denylist lookups
+and one MGET: the verified claims and the signed `X-Portico-Identity` value are cached per token
+until it expires. With `trust_feed` (setting `revocation_check=feed`), a token's Redis check holds
+for the feed's subscription epoch (at most a minute) and the MGET goes too — see
+`gateway.revocation` for what that trades.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class Authenticator:
         apikey_seconds: float,
         identity_ttl: int,
         fail_open: bool,
+        trust_feed: bool = False,
     ) -> None:
         self.users = users
         self.jwks = jwks
@@ -204,12 +206,14 @@ class Authenticator:
         self.apikey_seconds = apikey_seconds
         self.identity_ttl = identity_ttl
         self.fail_open = fail_open
+        self.trust_feed = trust_feed
         self.tokens: dict[str, Verified] = {}
         self.api_keys: dict[str, Verified | float] = {}  # float: "unknown key" until then
         self._resolving: dict[str, asyncio.Future[Verified | None]] = {}
         self.revoked_jti: dict[str, float] = {}
         self.revoked_sid: dict[str, float] = {}
-        # The revocation feed's subscription epoch (`RevocationListener`); 0: no live feed.
+        # The revocation feed's subscription epoch (`RevocationListener`); 0: no live feed. Read
+        # only with `trust_feed`: a token checked in Redis in this epoch is then not rechecked.
         self.revocation_epoch = 0
         self._service_identity = ("", 0.0)
 
@@ -356,8 +360,8 @@ class Authenticator:
         if principal.token_id in self.revoked_jti or principal.session_id in self.revoked_sid:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")
-        epoch = self.revocation_epoch
-        if epoch and verified.checked_epoch == epoch and time.time() < verified.checked_until:
+        epoch = self.revocation_epoch if self.trust_feed else 0
+        if epoch and verified.checked_epoch == epoch and time.monotonic() < verified.checked_until:
             return None
         reply: asyncio.Future[list[bytes | None]]
         try:
@@ -394,7 +398,7 @@ class Authenticator:
             # Sent after the subscription was confirmed: anything revoked since Redis answered
             # reaches the feed, which refuses the token before its next request is looked at.
             verified.checked_epoch = epoch
-            verified.checked_until = time.time() + _RECHECK_SECONDS
+            verified.checked_until = time.monotonic() + _RECHECK_SECONDS
 
     # -- API keys -------------------------------------------------------------------------
 

@@ -10,8 +10,11 @@ minute; between those, the feed on `<prefix>revocations` refuses it the moment i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -62,16 +65,18 @@ class MGetClient:
 class RevocationListener:
     """Subscribes to the revocation channel over its own connection and applies each message
     (`on_message(kind, value)`) inside `data_received`, before the event loop runs any request
-    task that read its bytes later.
+    task that read its bytes later: a message that has arrived is on the local deny-lists
+    before any later request is looked at.
 
-    That ordering is what lets a token checked once stay trusted without a Redis round trip per
-    request: the users service SETs the denylist key, then PUBLISHes, then answers the logout;
-    Redis has written the message to this socket before the users service even reads its PUBLISH
-    reply, so any request that follows the logout finds the token on the local denylist.
-    `epoch` says whether that holds: a new number each time a subscription is confirmed, 0 while
-    there is none. A token's check counts only for the epoch it was made in (`Authenticator`), so
-    a lost or silent subscription (PING every `ping_interval`, dropped after three unanswered)
-    sends every token back to a per-request MGET until it is confirmed again.
+    `epoch` is a new number each time a subscription is confirmed and 0 while there is none;
+    losing the subscription (closed, refused, or silent: PING every `ping_interval`, dropped
+    after three unanswered) sets it to 0 at once and calls `on_message("*", "")` (what was
+    published meanwhile is lost). With `revocation_check=feed` the `Authenticator` trusts a token
+    checked in Redis in the current epoch without checking again; that relies on the message
+    reaching this socket before the revoked token's next request does — the users service
+    answers a revocation only after a round trip that follows its PUBLISH, so Redis has written
+    the message, but a network that delays those bytes delays the refusal (by up to the silence
+    limit). The default, `redis`, checks every request and uses the feed for the deny-lists only.
     """
 
     def __init__(self, redis_url: str, channel: str, on_message: Callable[[str, str], None], *,
@@ -87,95 +92,103 @@ class RevocationListener:
         self.on_epoch = on_epoch
         self.ping_interval = ping_interval
         self.epoch = 0
-        self._transport: asyncio.Transport | None = None
-        self._heard = 0.0
-        self._lost: asyncio.Future[None] | None = None
-        self._reader = hiredis.Reader()
+        self._link: _Link | None = None
+        self._warned: dict[str, float] = {}
 
-    # -- the protocol side (called by the event loop) --------------------------------------
+    # -- one connection's events (from its `_Link`) -----------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-        while (reply := self._reader.gets()) is not False:
-            self._heard = asyncio.get_running_loop().time()
-            if isinstance(reply, hiredis.ReplyError) or not isinstance(reply, list):
-                if isinstance(reply, hiredis.ReplyError):  # refused AUTH or SUBSCRIBE
-                    _log.warning("revocation channel refused", error=str(reply)[:80])
-                    self._drop()
-                continue  # AUTH's and CLIENT SETNAME's +OK
+    def _replies(self, link: _Link, replies: list[Any]) -> None:
+        for reply in replies:
+            if link is not self._link or link.closed:
+                return  # an old or dropped connection: nothing it says counts any more
+            if isinstance(reply, hiredis.ReplyError):
+                if link.setup and link.setup[0] == "setname":
+                    link.setup.popleft()  # an ACL without CLIENT: only the name is missing
+                    continue
+                self._warn("revocation channel refused", error=str(reply)[:80])
+                self._lose(link)
+                return
+            if not isinstance(reply, list):
+                if link.setup:
+                    link.setup.popleft()  # +OK of AUTH or CLIENT SETNAME
+                continue
             kind = reply[0]
             if kind == b"message":
                 self._handle(reply[2])
             elif kind == b"subscribe":
                 self._set_epoch(next(_EPOCHS))
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
+    def _lose(self, link: _Link) -> None:
+        """The connection is gone or useless: no epoch from now on (synchronously: a request
+        handled after this must not trust it), then close it."""
+        link.close()
+        if link is self._link:
+            self._link = None
+            if self.epoch:
+                self._set_epoch(0)
+                _log.warning("revocation channel lost")
+                # What was published meanwhile is lost: every cached credential is stale.
+                self._call("*", "")
 
-    # -- the connection's life ------------------------------------------------------------
+    # -- the connection's life --------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.05
-        while True:
-            self._reader = hiredis.Reader()
-            self._lost = loop.create_future()
-            try:
-                transport, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Adapter(self), self.host, self.port), 2.0
-                )
-            except (OSError, TimeoutError) as exc:
-                if backoff >= 1.0:
-                    _log.warning("revocation channel unreachable", error=type(exc).__name__)
-            else:
-                self._transport = transport
+        try:
+            while True:
                 started = loop.time()
                 try:
-                    await self._subscribed(loop)
-                except asyncio.CancelledError:
-                    self._set_epoch(0)  # shutting down
-                    raise
+                    await self._connect_and_listen(loop)
+                except (OSError, TimeoutError) as exc:
+                    if backoff >= 1.0:
+                        self._warn("revocation channel unreachable", error=type(exc).__name__)
+                except Exception as exc:  # never let the feed die silently
+                    self._warn("revocation channel failed", error=type(exc).__name__)
                 finally:
-                    self._drop()
-                    self._transport = None
-                if self.epoch:
-                    self._set_epoch(0)
-                    _log.warning("revocation channel lost; checking every token in redis")
-                    # What was published meanwhile is lost: every cached credential is stale.
-                    self.on_message("*", "")
+                    if self._link is not None:
+                        self._lose(self._link)
                 if loop.time() - started > 10 * self.ping_interval:
                     backoff = 0.05  # it had been up a while: reconnect at once
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        finally:
+            if self.epoch:
+                self._set_epoch(0)  # shutting down
 
-    async def _subscribed(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._transport is not None
-        assert self._lost is not None
+    async def _connect_and_listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        link = _Link(self)
+        await asyncio.wait_for(loop.create_connection(lambda: link, self.host, self.port), 2.0)
+        self._link = link
         setup: list[bytes] = []
         if self.password is not None:
             auth = [b"AUTH", self.password.encode()]
             if self.username:
                 auth.insert(1, self.username.encode())
             setup.append(command(*auth))
+            link.setup.append("auth")
         # Named, so an operator (and a test) can find this connection in CLIENT LIST.
         setup.append(command(b"CLIENT", b"SETNAME", _client_name(self.channel)))
+        link.setup.append("setname")
         setup.append(command(b"SUBSCRIBE", self.channel.encode()))
-        self._transport.write(b"".join(setup))
-        self._heard = loop.time()
-        while not self._lost.done():
+        link.write(b"".join(setup))
+        while not link.closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._lost), self.ping_interval)
-            if self._lost.done():
+                await asyncio.wait_for(asyncio.shield(link.lost), self.ping_interval)
+            if link.closed:
                 return
-            if loop.time() - self._heard > 3 * self.ping_interval:
+            if loop.time() - link.heard > 3 * self.ping_interval:
                 _log.warning("revocation channel silent; reconnecting")
+                self._lose(link)
                 return
-            self._transport.write(_PING)
+            link.write(_PING)
 
-    def _drop(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+    def _warn(self, event: str, **fields: Any) -> None:
+        """Log `event` at most once a minute: a Redis that refuses us is retried every 2 s."""
+        now = time.monotonic()
+        if now - self._warned.get(event, -math.inf) >= 60.0:
+            self._warned[event] = now
+            _log.warning(event, **fields)
 
     def _set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -189,7 +202,13 @@ class RevocationListener:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             _log.warning("malformed revocation message")
             return
-        self.on_message(kind, value)
+        self._call(kind, value)
+
+    def _call(self, kind: str, value: str) -> None:
+        try:
+            self.on_message(kind, value)
+        except Exception:  # one bad message must not cost the ones behind it
+            _log.exception("revocation message not applied", kind=kind)
 
     def ctx(self) -> Callable[[web.Application], AsyncIterator[None]]:
         async def ctx(_: web.Application) -> AsyncIterator[None]:
@@ -210,14 +229,48 @@ def _client_name(channel: str) -> bytes:
     return f"portico-revocations@{safe}".encode()
 
 
-class _Adapter(asyncio.Protocol):
-    """Hands the subscription connection's events to its listener."""
+class _Link(asyncio.Protocol):
+    """One subscription connection: parses its replies and hands them to the listener, which
+    ignores any link but its current one."""
 
     def __init__(self, listener: RevocationListener) -> None:
         self.listener = listener
+        self.reader = hiredis.Reader()
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.closed = False
+        self.heard = self.loop.time()
+        self.setup: collections.deque[str] = collections.deque()  # replies still to come
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.listener.data_received(data)
+        self.heard = self.loop.time()
+        self.reader.feed(data)
+        replies: list[Any] = []
+        try:
+            while (reply := self.reader.gets()) is not False:
+                replies.append(reply)
+        except hiredis.ProtocolError:
+            self.listener._lose(self)
+            return
+        self.listener._replies(self, replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.connection_lost(exc)
+        self.listener._lose(self)
+        self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.lost.done():
+            self.lost.set_result(None)

@@ -85,6 +85,11 @@ class Settings(BaseServiceSettings):
     identity_ttl_seconds: int = Field(300, ge=10)
     # What a Redis failure means for the revocation check: reject (closed) or accept (open).
     revocation_on_error: Literal["open", "closed"] = "closed"
+    # Where a token seen before is checked for revocation: `redis`, on every request (a revoked
+    # token is refused on its next request, whatever the network does), or `feed`: in Redis once
+    # per minute and per feed subscription, else on the pub/sub feed's word (no Redis command
+    # per request; a revocation message the network delays is a window of up to ~4 s).
+    revocation_check: Literal["redis", "feed"] = "redis"
 
     # Edge behaviour.
     trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed

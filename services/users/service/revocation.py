@@ -28,12 +28,13 @@ class Revocations:
     def channel(self) -> str:
         return f"{self.prefix}revocations"
 
-    async def _publish(self, kind: str, value: str) -> None:
-        await self.redis.publish(self.channel, orjson.dumps({"kind": kind, "value": value}))
-        # Gateways trust a token they checked until its revocation message arrives, so it must
-        # be on their sockets before this revocation is answered. Redis writes a PUBLISH's reply
-        # and its messages in the same pass, publisher first; a second round trip is answered in
-        # a later pass, after every subscriber's copy was written.
+    async def _publish(self, *messages: tuple[str, str]) -> None:
+        for kind, value in messages:
+            await self.redis.publish(self.channel, orjson.dumps({"kind": kind, "value": value}))
+        # Gateways that trust a checked token until its revocation message arrives
+        # (`revocation_check=feed`) need the message on their sockets before this revocation is
+        # answered. Redis writes a PUBLISH's reply before its messages, in the same pass; a
+        # second round trip is answered in a later pass, after every subscriber's copy.
         await self.redis.ping()
 
     @redis_required("revocation is temporarily unavailable")
@@ -41,7 +42,7 @@ class Revocations:
         """That one access token is dead until it would have expired anyway."""
         remaining = self.ttl if exp is None else max(1, exp - int(time.time()) + 60)
         await self.redis.set(f"{self.prefix}revoked:jti:{jti}", b"1", ex=remaining)
-        await self._publish("jti", jti)
+        await self._publish(("jti", jti))
 
     @redis_required("revocation is temporarily unavailable")
     async def revoke_sessions(self, session_ids: list[str]) -> None:
@@ -52,8 +53,7 @@ class Revocations:
             for sid in session_ids:
                 pipe.set(f"{self.prefix}revoked:sid:{sid}", b"1", ex=self.ttl)
             await pipe.execute()
-        for sid in session_ids:
-            await self._publish("sid", sid)
+        await self._publish(*(("sid", sid) for sid in session_ids))
 
     @redis_required("revocation is temporarily unavailable")
     async def revoke_user(self, user_id: str) -> None:
@@ -61,9 +61,9 @@ class Revocations:
         await self.redis.set(
             f"{self.prefix}user:{user_id}:not_before", str(int(time.time())), ex=self.ttl
         )
-        await self._publish("user", user_id)
+        await self._publish(("user", user_id))
 
     @redis_required("revocation is temporarily unavailable")
     async def revoke_api_key(self, key_id: str) -> None:
         """Gateways drop their cached resolution of the key."""
-        await self._publish("apikey", key_id)
+        await self._publish(("apikey", key_id))
