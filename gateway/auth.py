@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import jwt
@@ -23,7 +23,8 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from gateway.revocation import MGetClient, mget_command
+from gateway.resp import bulk
+from gateway.revocation import MGetClient, RevocationKeys, mget_command
 from gateway.routing import Route
 from gateway.upstreams import Upstream
 from libs.common.errors import Forbidden, Unauthenticated, UpstreamUnavailable
@@ -72,6 +73,7 @@ class Verified:
     command: bytes = b""  # the MGET of `keys`, serialised once per token
     checked_epoch: int = 0  # the feed's epoch of the token's last clean Redis check
     checked_until: float = 0.0  # ... which holds until then
+    limiter_keys: RevocationKeys | None = None  # `keys` as the rate-limit script takes them
 
 
 class Jwks:
@@ -149,13 +151,14 @@ class Jwks:
 
 
 class RevocationCheck:
-    """A token's revocation check, sent to Redis and judged when awaited (it raises for a
-    revoked token). Not awaited, it must be discarded: the reply is dropped, nothing leaks."""
+    """A token's revocation check, sent to Redis (or held back for the rate limiter's script to
+    make: `limiter_keys`) and judged when awaited (it raises for a revoked token). Not awaited,
+    it must be discarded: the reply is dropped, nothing leaks."""
 
     __slots__ = ("auth", "epoch", "reply", "token", "verified")
 
     def __init__(self, auth: Authenticator, token: str, verified: Verified,
-                 reply: asyncio.Future[list[bytes | None]], epoch: int) -> None:  # fmt: skip
+                 reply: asyncio.Future[list[bytes | None]] | None, epoch: int) -> None:  # fmt: skip
         self.auth = auth
         self.token = token
         self.verified = verified
@@ -163,10 +166,29 @@ class RevocationCheck:
         self.epoch = epoch
 
     def __await__(self) -> Generator[Any, None, None]:
+        if self.reply is None:  # held back, and the limiter could not make it after all
+            self.reply = self.auth._send_mget(self.verified)
         judged = self.auth._judge_revocation(self.token, self.verified, self.reply, self.epoch)
         return judged.__await__()
 
+    def limiter_keys(self) -> RevocationKeys:
+        """The token's keys for the rate-limit script (which judges it in its own call)."""
+        verified = self.verified
+        if verified.limiter_keys is None:
+            verified.limiter_keys = RevocationKeys(
+                b"".join(bulk(key) for key in verified.keys), len(verified.keys),
+                bulk(b"%d" % verified.iat),
+            )  # fmt: skip
+        return verified.limiter_keys
+
+    def refuse(self) -> NoReturn:
+        """The rate-limit script found the token revoked."""
+        self.auth.tokens.pop(self.token, None)
+        raise _fail("revoked", "the access token has been revoked")
+
     def discard(self) -> None:
+        if self.reply is None:
+            return
         if self.reply.done():
             if not self.reply.cancelled():
                 self.reply.exception()  # retrieved: no "never retrieved" log
@@ -246,12 +268,13 @@ class Authenticator:
         return verified
 
     async def authenticate_begin(
-        self, headers: Any, route: Route
+        self, headers: Any, route: Route, *, hold: bool = False
     ) -> tuple[Verified | None, RevocationCheck | None]:
         """`authenticate`, with the token's revocation check sent to Redis but not awaited: the
         caller may queue its own Redis commands (rate limit, cache lookup) to leave in the same
         write, and must await the check (it raises for a revoked token) before it answers or
-        forwards anything for this caller."""
+        forwards anything for this caller. `hold`: not even sent, for the rate limiter to make
+        in its own script call (`RevocationCheck.limiter_keys`)."""
         authorization = headers.get("Authorization")
         check: RevocationCheck | None = None
         if authorization is not None:
@@ -260,7 +283,7 @@ class Authenticator:
                 raise _fail("malformed", "expected 'Authorization: Bearer <token>'")
             token = token.strip()
             verified = await self._token(token)
-            check = self._revocation_check(token, verified)
+            check = self._revocation_check(token, verified, hold=hold)
         else:
             key = headers.get("X-API-Key")
             if key is None:
@@ -353,7 +376,9 @@ class Authenticator:
         return Verified(principal, exp + self.leeway, identity, resign_at, tuple(keys),
                         int(claims["iat"]), mget_command(keys))  # fmt: skip
 
-    def _revocation_check(self, token: str, verified: Verified) -> RevocationCheck | None:
+    def _revocation_check(
+        self, token: str, verified: Verified, *, hold: bool = False
+    ) -> RevocationCheck | None:
         """Refuse a token on a local deny-list at once; pass it when its Redis check holds for
         the live feed's epoch; else send its MGET now and return what judges the reply."""
         principal = verified.principal
@@ -363,6 +388,10 @@ class Authenticator:
         epoch = self.revocation_epoch if self.trust_feed else 0
         if epoch and verified.checked_epoch == epoch and time.monotonic() < verified.checked_until:
             return None
+        reply = None if hold else self._send_mget(verified)
+        return RevocationCheck(self, token, verified, reply, epoch)
+
+    def _send_mget(self, verified: Verified) -> asyncio.Future[list[bytes | None]]:
         reply: asyncio.Future[list[bytes | None]]
         try:
             # A future in any case (a Task while (re)connecting), so `discard` can cancel it.
@@ -372,7 +401,7 @@ class Authenticator:
         except (ConnectionError, OSError) as exc:  # judged like a failed reply
             reply = asyncio.get_running_loop().create_future()
             reply.set_exception(exc)
-        return RevocationCheck(self, token, verified, reply, epoch)
+        return reply
 
     async def _judge_revocation(
         self, token: str, verified: Verified, reply: Awaitable[list[bytes | None]], epoch: int

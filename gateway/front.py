@@ -52,6 +52,7 @@ from gateway.proxy import (
     response_headers,
     send_upstream,
 )
+from gateway.revocation import RevocationUnchecked, TokenRevoked
 from libs.common.errors import Internal, PorticoError, UpstreamTimeout, UpstreamUnavailable
 from libs.common.http import problem_response, sane_request_id
 from libs.common.protocol import MAX_HEADERS, MAX_LINE_SIZE
@@ -547,10 +548,13 @@ class FastFront(asyncio.Protocol):
         principal = None
         verified = None
         check: RevocationCheck | None = None
+        limiter = gateway.ratelimit
+        # A limiter talking to Redis judges the token in its own script call (one round trip for
+        # both, and still before anything is charged); else the check's MGET is sent now, not
+        # awaited, and the cache lookup below joins it in the same write to Redis.
+        fold = limiter is not None and getattr(limiter, "folds_revocation", False)
         if route.auth != "none":
-            # The revocation check's MGET is sent, not awaited: the cache lookup below joins it
-            # in the same write to Redis (one round trip, not two).
-            verified, check = await gateway.auth.authenticate_begin(headers, route)
+            verified, check = await gateway.auth.authenticate_begin(headers, route, hold=fold)
             if verified is not None:
                 principal = verified.principal
         found: Any = None
@@ -562,16 +566,32 @@ class FastFront(asyncio.Protocol):
                 if check is not None:
                     check.discard()
                 raise
-        if check is not None:
+        if check is not None and not fold:
             # Before anything is answered, forwarded, or charged to the principal's rate limit:
             # a stolen revoked token must not spend its victim's quota.
             await check
         extra: list[tuple[str, str]] = []
-        if gateway.ratelimit is not None:
-            decision = await gateway.ratelimit.evaluate(
-                route_policy=route.rate, client_ip=gateway.edge.client_ip(request),
-                principal=principal,
-            )  # fmt: skip
+        if limiter is not None:
+            client = gateway.edge.client_ip(request)
+            try:
+                if fold and check is not None:
+                    decision = await limiter.evaluate(
+                        route_policy=route.rate, client_ip=client, principal=principal,
+                        revocation=check.limiter_keys(),
+                    )  # fmt: skip
+                else:
+                    decision = await limiter.evaluate(
+                        route_policy=route.rate, client_ip=client, principal=principal
+                    )
+            except TokenRevoked:
+                assert check is not None
+                check.refuse()
+            except RevocationUnchecked:  # Redis went away: judge it ourselves, then charge
+                assert check is not None
+                await check
+                decision = await limiter.evaluate(
+                    route_policy=route.rate, client_ip=client, principal=principal
+                )
             if decision is not None:
                 extra.extend(decision.header_items())
         probe: Any = None

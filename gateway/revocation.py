@@ -16,6 +16,7 @@ import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,11 +27,33 @@ from aiohttp import web
 
 from gateway.resp import RespClient, command
 
-__all__ = ["MGetClient", "RevocationListener", "mget_command"]
+__all__ = [
+    "MGetClient", "RevocationKeys", "RevocationListener", "RevocationUnchecked", "TokenRevoked",
+    "mget_command",
+]  # fmt: skip
 
 _log = structlog.get_logger("portico.gateway.revocation")
 _EPOCHS = itertools.count(1)
 _PING = command(b"PING")
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationKeys:
+    """An access token's revocation keys as the rate-limit script takes them (the tail of its
+    KEYS, their count, the token's `iat`), serialised once per token."""
+
+    blob: bytes  # the keys, each a RESP bulk string
+    count: int
+    iat: bytes  # RESP bulk string
+
+
+class TokenRevoked(Exception):
+    """The rate-limit script found the token revoked (nothing was charged)."""
+
+
+class RevocationUnchecked(Exception):
+    """The rate limiter could not judge the token in Redis (it is not, or no longer, talking to
+    Redis): the caller checks it itself, then asks again without it. Nothing was charged."""
 
 
 def mget_command(keys: list[bytes] | tuple[bytes, ...]) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from gateway.revocation import RevocationKeys
 from libs.common.identity import Principal
 
 __all__ = ["CacheStageLike", "RateDecisionLike", "RateLimitStageLike"]
@@ -21,8 +22,9 @@ class RateDecisionLike(Protocol):
 
 class RateLimitStageLike(Protocol):
     async def evaluate(
-        self, *, route_policy: str | None, client_ip: str, principal: Principal | None
-    ) -> RateDecisionLike | None: ...
+        self, *, route_policy: str | None, client_ip: str, principal: Principal | None,
+        revocation: RevocationKeys | None = None,
+    ) -> RateDecisionLike | None: ...  # fmt: skip
 
     async def usage(self, *, principal: Principal | None, client_ip: str) -> dict[str, Any]: ...
 

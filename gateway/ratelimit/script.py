@@ -6,12 +6,17 @@ comes from the same clock as the decision, which is what makes an injected test 
 this assumes a single Redis node, not Cluster).
 
 ARGV[1] = now in microseconds, or "" to use the Redis server's TIME (one clock for every gateway
-instance); ARGV[2] = "1" to consume, "0" to only report; then three values per key:
+instance); ARGV[2] = "1" to consume, "0" to only report; ARGV[3] = how many of the KEYS, at
+their end, are an access token's revocation keys (0, or jti, user not_before[, sid]: see
+`gateway.auth`), ARGV[4] = the token's `iat`; then three values per limit key:
   rate:  "r", emission interval (us), burst
   quota: "q", daily limit (0 = uncapped, only counted), "0"
 
-Returns {allowed, now_ms, then per key: ok, remaining, reset_ms, retry_ms, used}. Nothing is
-consumed unless every limit admits the request, so a denied request costs no other budget.
+Returns {-1} for a revoked token, charging nothing (the revocation is judged in the same call,
+so a rate-limited request costs one round trip, not two, and a revoked token never spends its
+principal's budget); else {allowed, now_ms, then per limit key: ok, remaining, reset_ms,
+retry_ms, used}. Nothing is consumed unless every limit admits the request, so a denied request
+costs no other budget.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ import hashlib
 __all__ = ["SCRIPT", "SCRIPT_SHA"]
 
 SCRIPT = b"""
+local revocation = tonumber(ARGV[3])
+local nkeys = #KEYS - revocation
+if revocation > 0 then
+  local v = redis.call('MGET', unpack(KEYS, nkeys + 1, #KEYS))
+  if v[1] or (revocation > 2 and v[3]) then return {-1} end
+  if v[2] then
+    local not_before = tonumber(v[2])
+    -- unreadable means the token cannot be proven good
+    if not_before == nil or tonumber(ARGV[4]) < math.floor(not_before) then return {-1} end
+  end
+end
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -34,8 +50,8 @@ local midnight = (day + 1) * 86400000000
 local out = {0, math.floor(now / 1000)}
 local allowed = true
 local writes = {}
-for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 3
+for i = 1, nkeys do
+  local base = 4 + (i - 1) * 3
   local kind = ARGV[base + 1]
   local a = tonumber(ARGV[base + 2])
   local b = tonumber(ARGV[base + 3])

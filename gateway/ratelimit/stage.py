@@ -23,6 +23,7 @@ from gateway.ratelimit.local import DAY_US, LocalLimiter
 from gateway.ratelimit.metrics import BACKEND_ERRORS, DECISION_SECONDS, DECISIONS, MODE, MODES
 from gateway.ratelimit.script import SCRIPT, SCRIPT_SHA
 from gateway.resp import ReplyError, RespClient, bulk, command
+from gateway.revocation import RevocationKeys, RevocationUnchecked, TokenRevoked
 from gateway.tally import CountTally, DurationTally
 from libs.common.errors import QuotaExceeded, RateLimited, UpstreamUnavailable
 from libs.common.identity import Principal
@@ -33,6 +34,7 @@ _log = structlog.get_logger("portico.gateway.ratelimit")
 _EVALSHA = bulk(b"EVALSHA") + bulk(SCRIPT_SHA)
 _CONSUME, _PEEK = bulk(b"1"), bulk(b"0")
 _SERVER_TIME = bulk(b"")
+_NO_REVOCATION = bulk(b"0") + bulk(b"0")
 _TIER_KEY = "key"  # all tiers share a key's counters, so a tier change keeps today's usage
 
 
@@ -98,7 +100,7 @@ class _Compiled:
     """The limits that apply to one (route policy, client IP, caller), with the script call
     that consumes them serialised once: a decision builds nothing but its answer."""
 
-    __slots__ = ("consume", "keys", "limits", "owners", "plans", "specs")
+    __slots__ = ("argv", "consume", "keys", "keys_blob", "limits", "owners", "plans", "specs")
 
     def __init__(self, plans: list[tuple[_Plan, str]]) -> None:
         limits: list[_Limit] = []
@@ -115,14 +117,23 @@ class _Compiled:
         self.keys = tuple(keys)
         self.owners = tuple(owners)
         self.specs = [limit.spec for limit in limits]
+        self.keys_blob = b"".join(bulk(key) for key in keys)
+        self.argv = b"".join(limit.argv for limit in limits)
         self.consume = self.payload(_SERVER_TIME, consume=True)
 
-    def payload(self, now: bytes, *, consume: bool) -> bytes:
+    def payload(self, now: bytes, *, consume: bool, revocation: RevocationKeys | None = None
+                ) -> bytes:  # fmt: skip
         count = len(self.keys)
+        if revocation is None:
+            return b"".join((
+                b"*%d\r\n" % (7 + 4 * count), _EVALSHA, bulk(b"%d" % count), self.keys_blob, now,
+                _CONSUME if consume else _PEEK, _NO_REVOCATION, self.argv,
+            ))  # fmt: skip
+        total = count + revocation.count
         return b"".join((
-            b"*%d\r\n" % (5 + 4 * count), _EVALSHA, bulk(b"%d" % count),
-            *(bulk(key) for key in self.keys), now, _CONSUME if consume else _PEEK,
-            *(limit.argv for limit in self.limits),
+            b"*%d\r\n" % (7 + 4 * count + revocation.count), _EVALSHA, bulk(b"%d" % total),
+            self.keys_blob, revocation.blob, now, _CONSUME if consume else _PEEK,
+            bulk(b"%d" % revocation.count), revocation.iat, self.argv,
         ))  # fmt: skip
 
 
@@ -197,14 +208,23 @@ class RateLimitStage:
 
     # -- public API -----------------------------------------------------------------------
 
+    @property
+    def folds_revocation(self) -> bool:
+        """Whether `evaluate(revocation=...)` is likely to judge a token in the same call (it is
+        talking to Redis); when it cannot, it raises RevocationUnchecked instead."""
+        return self.mode == "redis"
+
     async def evaluate(
-        self, *, route_policy: str | None, client_ip: str, principal: Principal | None
-    ) -> RateDecision | None:
-        """Consume one request from every applicable limit, or raise RateLimited/QuotaExceeded."""
+        self, *, route_policy: str | None, client_ip: str, principal: Principal | None,
+        revocation: RevocationKeys | None = None,
+    ) -> RateDecision | None:  # fmt: skip
+        """Consume one request from every applicable limit, or raise RateLimited/QuotaExceeded.
+        With `revocation`, the token is judged first in the same script call: TokenRevoked
+        (nothing charged), or RevocationUnchecked when Redis is not there to judge it."""
         started = time.perf_counter()
         try:
             compiled = self._compile(route_policy, client_ip, principal)
-            reply = await self._run(compiled, consume=True)
+            reply = await self._run(compiled, consume=True, revocation=revocation)
             if reply is None:  # fail open
                 compiled.plans[0][0].metrics["bypassed"].inc()
                 return None
@@ -292,17 +312,25 @@ class RateLimitStage:
     def _now_us(self) -> int:
         return int((self.clock or time.time)() * 1_000_000)
 
-    async def _run(self, compiled: _Compiled, *, consume: bool) -> list[int] | None:
+    async def _run(
+        self, compiled: _Compiled, *, consume: bool, revocation: RevocationKeys | None = None
+    ) -> list[int] | None:
         """The script's reply from Redis, or from the failure mode; None means fail open."""
         probe = self.mode != "redis"
+        if probe and revocation is not None:
+            raise RevocationUnchecked()
         if not probe or self._probe_due():
             try:
-                reply = await self._remote(compiled, consume)
+                reply = await self._remote(compiled, consume, revocation)
             except (OSError, ReplyError) as exc:
                 self._degrade(exc, probe=probe)
+                if revocation is not None:
+                    raise RevocationUnchecked() from None
             else:
                 if self.mode != "redis":
                     self._recover()
+                if reply[0] == -1:
+                    raise TokenRevoked()
                 return reply
             finally:
                 if probe:
@@ -315,12 +343,14 @@ class RateLimitStage:
         DECISIONS.labels(policy="*", result="unavailable").inc()
         raise UpstreamUnavailable("rate limiting is unavailable")
 
-    async def _remote(self, compiled: _Compiled, consume: bool) -> list[int]:
-        if self.clock is None and consume:
+    async def _remote(
+        self, compiled: _Compiled, consume: bool, revocation: RevocationKeys | None = None
+    ) -> list[int]:
+        if self.clock is None and consume and revocation is None:
             payload = compiled.consume
         else:
             now = _SERVER_TIME if self.clock is None else bulk(b"%d" % self._now_us())
-            payload = compiled.payload(now, consume=consume)
+            payload = compiled.payload(now, consume=consume, revocation=revocation)
         timeout = self.config.redis_timeout
         try:
             reply: list[int] = await self.client.execute(payload, timeout=timeout)

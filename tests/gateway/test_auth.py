@@ -191,8 +191,8 @@ async def kill_feed(redis: Any, redis_prefix: str) -> None:
 
 
 class Monitor:
-    """The commands Redis executes that mention `needle`, through MONITOR (a real observation of
-    what the gateway asks Redis, among every other client's commands)."""
+    """The commands clients send Redis that mention `needle`, through MONITOR (a real
+    observation of what the gateway asks Redis, among every other client's commands)."""
 
     def __init__(self, redis_url: str, needle: str) -> None:
         self.redis_url, self.needle = redis_url, needle
@@ -206,23 +206,28 @@ class Monitor:
                 await action()
                 await client.echo(marker)
                 while True:
-                    command = (await asyncio.wait_for(monitor.next_command(), 5))["command"]
+                    info = await asyncio.wait_for(monitor.next_command(), 5)
+                    command = info["command"]
                     if marker in command:
                         return seen
-                    if self.needle in command:
-                        seen.append(command)
+                    if self.needle in command and info.get("client_type") != "lua":
+                        seen.append(command)  # sent by a client, not run by a script
         finally:
             await client.aclose()
 
 
+@pytest.mark.parametrize("limits", [False, True], ids=["no-limits", "rate-limited"])
 @pytest.mark.parametrize("check", ["redis", "feed"])
 @pytest.mark.parametrize("fast_front", [True, False])
 @pytest.mark.parametrize("kind", ["jti", "sid", "user"])
 async def test_revoked_token_is_refused_on_the_next_request(
     make_gateway: Any, signer: Signer, revocations: Revocations, orgs: Upstream, kind: str,
-    fast_front: bool, check: str,
+    fast_front: bool, check: str, limits: bool,
 ) -> None:  # fmt: skip
-    gateway = await make_gateway(fast_front=fast_front, revocation_check=check)
+    # Rate-limited, the fast front has the limiter's script judge the token (one round trip).
+    gateway = await make_gateway(
+        fast_front=fast_front, revocation_check=check, ratelimit_enabled=limits
+    )
     await feed_epoch(gateway)
     claims = signer.claims("user-9", iat=int(time.time()) - 10)
     token = signer.token("user-9", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
@@ -239,11 +244,16 @@ async def test_revoked_token_is_refused_on_the_next_request(
     assert len(orgs.recorder.hits) == 3
 
 
+@pytest.mark.parametrize("key", ["jti", "sid"])
+@pytest.mark.parametrize("limits", [False, True], ids=["no-limits", "rate-limited"])
 async def test_by_default_every_request_is_checked_in_redis_whatever_the_feed_says(
-    gateway: Any, signer: Signer, redis: Any, redis_url: str, redis_prefix: str, orgs: Upstream
-) -> None:
+    make_gateway: Any, signer: Signer, redis: Any, redis_url: str, redis_prefix: str,
+    orgs: Upstream, limits: bool, key: str,
+) -> None:  # fmt: skip
     # The feed is live, but its message could be late (a slow network, a lost segment): only
-    # Redis decides. A denylist key whose message never comes refuses the very next request.
+    # Redis decides. A denylist key whose message never comes refuses the very next request
+    # (rate-limited, in the limiter's own script call).
+    gateway = await make_gateway(ratelimit_enabled=limits)
     await feed_epoch(gateway)
     claims = signer.claims("user-15", iat=int(time.time()) - 10)
     token = signer.token("user-15", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
@@ -254,7 +264,7 @@ async def test_by_default_every_request_is_checked_in_redis_whatever_the_feed_sa
 
     checks = await Monitor(redis_url, f"revoked:jti:{claims['jti']}").during(lambda: requests(4))
     assert len(checks) == 4
-    await redis.set(f"{redis_prefix}revoked:sid:{claims['sid']}", "1", ex=960)  # no PUBLISH
+    await redis.set(f"{redis_prefix}revoked:{key}:{claims[key]}", "1", ex=960)  # no PUBLISH
     response = await gateway.get("/api/v1/private", headers=bearer(token))
     await assert_problem(response, 401, "UNAUTHENTICATED")
     assert len(orgs.recorder.hits) == 4
@@ -363,24 +373,65 @@ async def test_a_revoked_token_gets_no_cached_answer_and_no_429_first(
     assert response.status == 200, await response.text()
 
 
+@pytest.mark.parametrize("limits", [False, True], ids=["no-limits", "rate-limited"])
 async def test_token_issued_after_not_before_still_works(
-    gateway: Any, signer: Signer, redis: Any, redis_prefix: str
+    make_gateway: Any, signer: Signer, redis: Any, redis_prefix: str, limits: bool
 ) -> None:
+    gateway = await make_gateway(ratelimit_enabled=limits)
     now = int(time.time())
     await redis.set(f"{redis_prefix}user:user-3:not_before", str(now - 100), ex=60)
     response = await gateway.get("/api/v1/private", headers=bearer(signer.token("user-3")))
     assert response.status == 200
 
 
+@pytest.mark.parametrize("limits", [False, True], ids=["no-limits", "rate-limited"])
 async def test_revocation_fails_closed_when_redis_is_down(
+    make_gateway: Any, signer: Signer, orgs: Upstream, limits: bool
+) -> None:
+    from libs.common.embedded import free_port
+
+    # Rate-limited: the limiter's script cannot judge the token, falls back to its local
+    # limits, and the token is judged on its own (and refused: Redis is unreachable).
+    gateway = await make_gateway(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", ratelimit_enabled=limits
+    )
+    for _ in range(2):
+        response = await gateway.get("/api/v1/private", headers=bearer(signer.token()))
+        await assert_problem(response, 503, "UPSTREAM_UNAVAILABLE")
+    assert orgs.recorder.hits == []
+
+
+async def test_revocation_fails_open_on_a_rate_limited_route_when_asked_to(
     make_gateway: Any, signer: Signer, orgs: Upstream
 ) -> None:
     from libs.common.embedded import free_port
 
-    gateway = await make_gateway(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    response = await gateway.get("/api/v1/private", headers=bearer(signer.token()))
-    await assert_problem(response, 503, "UPSTREAM_UNAVAILABLE")
-    assert orgs.recorder.hits == []
+    gateway = await make_gateway(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", ratelimit_enabled=True,
+        revocation_on_error="open",
+    )  # fmt: skip
+    for _ in range(2):  # the first finds out Redis is gone, the second knows
+        response = await gateway.get("/api/v1/private", headers=bearer(signer.token()))
+        assert response.status == 200
+        assert "RateLimit-Limit" in response.headers  # the local limiter kept limiting
+    assert len(orgs.recorder.hits) == 2
+
+
+async def test_on_a_rate_limited_route_the_limiter_script_checks_the_token(
+    make_gateway: Any, signer: Signer, redis_url: str
+) -> None:
+    gateway = await make_gateway(ratelimit_enabled=True)
+    claims = signer.claims("user-17")
+    token = signer.token("user-17", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+
+    async def requests() -> None:
+        for _ in range(3):
+            assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+
+    seen = await Monitor(redis_url, f"revoked:jti:{claims['jti']}").during(requests)
+    # One Redis command per request, the rate-limit script with the token's keys: no MGET.
+    assert len(seen) == 3
+    assert all(command.upper().startswith("EVALSHA") for command in seen), seen
 
 
 @pytest.fixture
