@@ -239,7 +239,24 @@ class RateLimitStage:
         started = time.perf_counter()
         try:
             compiled = self._compile(route_policy, client_ip, principal)
-            reply = await self._run(compiled, consume=True, revocation=revocation)
+            if self.mode == "redis" and self.clock is None:
+                # The hot path, inline: no coroutine per layer.
+                payload = (
+                    compiled.consume if revocation is None else compiled.consume_with(revocation)
+                )
+                reply: list[int] | None
+                try:
+                    answer: list[int] = await self.client.execute(
+                        payload, timeout=self.config.redis_timeout
+                    )
+                except (OSError, ReplyError) as exc:
+                    reply = await self._after_failure(exc, compiled, revocation)
+                else:
+                    if answer[0] == -1:
+                        raise TokenRevoked()
+                    reply = answer
+            else:
+                reply = await self._run(compiled, consume=True, revocation=revocation)
             if reply is None:  # fail open
                 compiled.plans[0][0].metrics["bypassed"].inc()
                 return None
@@ -350,6 +367,10 @@ class RateLimitStage:
             finally:
                 if probe:
                     self._probing = False
+        return self._fallback(compiled, consume=consume)
+
+    def _fallback(self, compiled: _Compiled, *, consume: bool) -> list[int] | None:
+        """The decision without Redis, by the configured failure mode; None means fail open."""
         mode = self.config.failure_mode
         if mode == "local":
             return self._local.run(compiled.specs, list(compiled.keys), self._now_us(), consume)
@@ -376,6 +397,18 @@ class RateLimitStage:
             await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
             reply = await self.client.execute(payload, timeout=timeout)
         return reply
+
+    async def _after_failure(
+        self, exc: OSError | ReplyError, compiled: _Compiled, revocation: RevocationKeys | None
+    ) -> list[int] | None:
+        """The hot path's call failed: a missing script is loaded and the call made again (by
+        `_run`); anything else degrades to the failure mode at once (no second timeout)."""
+        if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
+            return await self._run(compiled, consume=True, revocation=revocation)
+        self._degrade(exc, probe=False)
+        if revocation is not None:
+            raise RevocationUnchecked() from None
+        return self._fallback(compiled, consume=True)
 
     def _probe_due(self) -> bool:
         if self._probing or time.monotonic() < self._next_probe:

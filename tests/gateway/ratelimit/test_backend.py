@@ -86,10 +86,14 @@ async def test_two_instances_share_one_budget(make_stage: StageFactory) -> None:
     assert await burst(second, 12) == 8  # not 12: the burst of 20 is shared, not per instance
 
 
+# use_clock=False: the production path (Redis's own clock), which calls Redis inline.
+@pytest.mark.parametrize("use_clock", [True, False], ids=["test-clock", "redis-clock"])
 async def test_redis_stopped_local_mode_keeps_limiting_and_shared_limiting_returns(
-    make_stage: StageFactory, own_redis: OwnRedis
+    make_stage: StageFactory, own_redis: OwnRedis, use_clock: bool
 ) -> None:
-    stage = await make_stage(url=own_redis.url, probe_initial=0.05, probe_max=0.2)
+    stage = await make_stage(
+        url=own_redis.url, probe_initial=0.05, probe_max=0.2, use_clock=use_clock
+    )
     assert await burst(stage, 25) == 20  # shared state in Redis: IP is out of budget
     errors = metric("gateway_ratelimit_backend_errors_total")
     own_redis.stop()
@@ -103,7 +107,7 @@ async def test_redis_stopped_local_mode_keeps_limiting_and_shared_limiting_retur
     await until_mode(stage, "redis")
     assert metric("gateway_ratelimit_mode", mode="redis") == 1
     # Shared again: a second instance sees what the first one spends.
-    other = await make_stage(url=own_redis.url)
+    other = await make_stage(url=own_redis.url, use_clock=use_clock)
     assert await burst(stage, 15, ip="198.51.100.6") == 15
     assert await burst(other, 15, ip="198.51.100.6") == 5
 
@@ -153,10 +157,11 @@ async def test_closed_mode_refuses_with_503_while_redis_is_unreachable(
     assert stage.mode == "closed"
 
 
+@pytest.mark.parametrize("use_clock", [True, False], ids=["test-clock", "redis-clock"])
 async def test_script_reloaded_after_script_flush(
-    make_stage: StageFactory, own_redis: OwnRedis
+    make_stage: StageFactory, own_redis: OwnRedis, use_clock: bool
 ) -> None:
-    stage = await make_stage(url=own_redis.url)
+    stage = await make_stage(url=own_redis.url, use_clock=use_clock)
     assert await burst(stage, 5) == 5
     admin = aioredis.from_url(own_redis.url)
     try:
