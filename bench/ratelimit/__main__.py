@@ -99,7 +99,7 @@ async def main(url: str, seconds: float, n: int) -> None:
             await client_cpu(
                 "baseline: redis.asyncio EVALSHA of the same script (1 key)",
                 lambda i: admin.evalsha(
-                    sha, 1, f"{prefix}r:x:{i % 250}", "", "1", "r", "1", "1000000"
+                    sha, 1, f"{prefix}r:x:{i % 250}", "", "1", "0", "0", "r", "1", "1000000"
                 ),
                 n,
             )
