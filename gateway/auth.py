@@ -12,6 +12,7 @@ for the feed's subscription epoch (at most a minute) and the MGET goes too — s
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ for _counter in _FAILURE.values():
 _MAX_TOKEN = 8192
 _MAX_API_KEY = 256
 _NEGATIVE_KEY_SECONDS = 5.0
+_NOT_BEFORE = re.compile(rb"[0-9]{1,15}")
 # How long a token's Redis check holds while the feed is live: a bound on what a message lost
 # without the connection noticing could cost, at one MGET per token per interval.
 _RECHECK_SECONDS = 60.0
@@ -416,10 +418,10 @@ class Authenticator:
         revoked = values[0] is not None or (len(values) > 2 and values[2] is not None)
         not_before = values[1]
         if not revoked and not_before is not None:
-            try:
-                revoked = verified.iat < int(float(not_before))
-            except ValueError:
-                revoked = True  # unreadable means we cannot prove the token is still good
+            # Whole unix seconds, as the users service writes them; anything else (a float, "nan",
+            # "inf", hex) is unreadable, and unreadable means we cannot prove the token is still
+            # good. The rate-limit script reads the value with the same grammar.
+            revoked = _NOT_BEFORE.fullmatch(not_before) is None or verified.iat < int(not_before)
         if revoked:
             self.tokens.pop(token, None)
             raise _fail("revoked", "the access token has been revoked")

@@ -32,9 +32,10 @@ if revocation > 0 then
   local v = redis.call('MGET', unpack(KEYS, nkeys + 1, #KEYS))
   if v[1] or (revocation > 2 and v[3]) then return {-1} end
   if v[2] then
-    local not_before = tonumber(v[2])
-    -- unreadable means the token cannot be proven good
-    if not_before == nil or tonumber(ARGV[4]) < math.floor(not_before) then return {-1} end
+    -- whole unix seconds only (as gateway.auth reads them): unreadable means the token cannot
+    -- be proven good
+    if not string.match(v[2], '^%d+$') or #v[2] > 15 then return {-1} end
+    if tonumber(ARGV[4]) < tonumber(v[2]) then return {-1} end
   end
 end
 local now

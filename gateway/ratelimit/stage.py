@@ -123,15 +123,16 @@ class _Compiled:
         self.argv = b"".join(limit.argv for limit in limits)
         self.consume = self.payload(_SERVER_TIME, consume=True)
         # The consuming call with a token's revocation keys, per token (a caller has a few); keyed
-        # by the keys' bytes (their hash is cached, a dataclass's is computed per call).
-        self.with_token: dict[bytes, bytes] = {}
+        # by the keys' and iat's bytes (their hashes are cached; a dataclass's is computed).
+        self.with_token: dict[tuple[bytes, bytes], bytes] = {}
 
     def consume_with(self, revocation: RevocationKeys) -> bytes:
-        payload = self.with_token.get(revocation.blob)
+        key = (revocation.blob, revocation.iat)
+        payload = self.with_token.get(key)
         if payload is None:
             if len(self.with_token) >= 8:
                 self.with_token.clear()
-            payload = self.with_token[revocation.blob] = self.payload(
+            payload = self.with_token[key] = self.payload(
                 _SERVER_TIME, consume=True, revocation=revocation
             )
         return payload
@@ -250,7 +251,7 @@ class RateLimitStage:
                         payload, timeout=self.config.redis_timeout
                     )
                 except (OSError, ReplyError) as exc:
-                    reply = await self._after_failure(exc, compiled, revocation)
+                    reply = await self._after_failure(exc, compiled, revocation, payload)
                 else:
                     if answer[0] == -1:
                         raise TokenRevoked()
@@ -399,12 +400,23 @@ class RateLimitStage:
         return reply
 
     async def _after_failure(
-        self, exc: OSError | ReplyError, compiled: _Compiled, revocation: RevocationKeys | None
-    ) -> list[int] | None:
-        """The hot path's call failed: a missing script is loaded and the call made again (by
-        `_run`); anything else degrades to the failure mode at once (no second timeout)."""
+        self, exc: OSError | ReplyError, compiled: _Compiled, revocation: RevocationKeys | None,
+        payload: bytes,
+    ) -> list[int] | None:  # fmt: skip
+        """The hot path's call failed: a missing script (Redis restarted, scripts flushed) is
+        loaded and the call made again; anything else degrades to the failure mode at once (no
+        second timeout)."""
         if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
-            return await self._run(compiled, consume=True, revocation=revocation)
+            timeout = self.config.redis_timeout
+            try:
+                await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
+                answer: list[int] = await self.client.execute(payload, timeout=timeout)
+            except (OSError, ReplyError) as again:
+                exc = again
+            else:
+                if answer[0] == -1:
+                    raise TokenRevoked()
+                return answer
         self._degrade(exc, probe=False)
         if revocation is not None:
             raise RevocationUnchecked() from None

@@ -268,6 +268,12 @@ async def test_by_default_every_request_is_checked_in_redis_whatever_the_feed_sa
     response = await gateway.get("/api/v1/private", headers=bearer(token))
     await assert_problem(response, 401, "UNAUTHENTICATED")
     assert len(orgs.recorder.hits) == 4
+    if limits:  # past the user policy's burst (100): refused, never charged to the user
+        for _ in range(100):
+            response = await gateway.get("/api/v1/private", headers=bearer(token))
+            await assert_problem(response, 401, "UNAUTHENTICATED")
+        fresh = await gateway.get("/api/v1/private", headers=bearer(signer.token("user-15")))
+        assert fresh.status == 200, await fresh.text()
 
 
 async def test_a_trusted_feed_spares_a_known_token_its_redis_command(
@@ -398,6 +404,22 @@ async def test_revocation_fails_closed_when_redis_is_down(
     for _ in range(2):
         response = await gateway.get("/api/v1/private", headers=bearer(signer.token()))
         await assert_problem(response, 503, "UPSTREAM_UNAVAILABLE")
+    assert orgs.recorder.hits == []
+
+
+@pytest.mark.parametrize("value", ["inf", "1e999", "nan", "0x10", "1.5"])
+@pytest.mark.parametrize("fast_front", [True, False])
+@pytest.mark.parametrize("limits", [False, True], ids=["no-limits", "rate-limited"])
+async def test_an_unreadable_not_before_refuses_the_token_with_401(
+    make_gateway: Any, signer: Signer, redis: Any, redis_prefix: str, orgs: Upstream,
+    value: str, fast_front: bool, limits: bool,
+) -> None:  # fmt: skip
+    # Unreadable means the token cannot be proven good: the same verdict from the script (a
+    # rate-limited fast front) as from the gateway's own check, never a 500 and never a 200.
+    gateway = await make_gateway(ratelimit_enabled=limits, fast_front=fast_front)
+    await redis.set(f"{redis_prefix}user:user-nb:not_before", value, ex=60)
+    response = await gateway.get("/api/v1/private", headers=bearer(signer.token("user-nb")))
+    await assert_problem(response, 401, "UNAUTHENTICATED")
     assert orgs.recorder.hits == []
 
 
