@@ -161,18 +161,20 @@ _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStat
 
 def _head_bytes(status: int, reason: str, headers: Any, *, close: bool) -> bytearray:
     """Status line and header block: the headers given plus what aiohttp adds on prepare."""
-    out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
     date = server = False
+    lines: list[str] = []
     for name, value in headers.items():
-        line = f"{name}: {value}\r\n"
-        if unsafe_header_block(line):
-            raise ValueError("control character in a response header")  # aiohttp's refusal
-        out += line.encode("utf-8", "surrogateescape")
+        lines.append(f"{name}: {value}\r\n")
         lower = name.lower()
         if lower == "date":
             date = True
         elif lower == "server":
             server = True
+    text = "".join(lines)
+    if unsafe_header_block(text, lines=len(lines)):  # one check for the block, not one a line
+        raise ValueError("control character in a response header")  # aiohttp's refusal
+    out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
+    out += text.encode("utf-8", "surrogateescape")
     if not date:
         out += b"Date: " + _DATE.now() + b"\r\n"
     if not server:
@@ -189,7 +191,7 @@ def _finish_head(status: int, reason: str, lines: list[str], *, close: bool) -> 
     Upstream header values cannot hold CR/LF (the client splits on them), but a bare CR or LF
     would split the response: refuse it the way aiohttp's writer does (ValueError -> 500)."""
     text = "".join(lines)
-    if unsafe_header_block(text):
+    if unsafe_header_block(text, lines=len(lines)):
         raise ValueError("control character in a response header")
     out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
     out += text.encode("utf-8", "surrogateescape")
@@ -647,7 +649,7 @@ class FastFront(asyncio.Protocol):
         self.gateway.edge.decorate(cast(web.Request, head), own)
         own["Content-Length"] = str(len(body))
         text = "".join([f"{name}: {value}\r\n" for name, value in own.items()])
-        if unsafe_header_block(text):
+        if unsafe_header_block(text, lines=len(own)):
             raise ValueError("control character in a response header")  # as aiohttp refuses
         out += b"X-Cache-Status: HIT\r\nAge: %d\r\n" % age
         out += text.encode("utf-8", "surrogateescape")

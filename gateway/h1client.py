@@ -29,14 +29,18 @@ _LOW_WATER = 256 * 1024
 _SAFE_HEADER_BYTES = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 
-def unsafe_header_block(block: bytes | str) -> bool:
+def unsafe_header_block(block: bytes | str, *, lines: int | None = None) -> bool:
     """Header lines joined by CRLF hold a control character other than HTAB, or a CR or LF
-    that does not end a line (RFC 9110 5.5): relayed, it could split a response. (CRLFs removed,
-    whatever `translate` does not delete is unsafe: two C passes, ~2x faster than a character
-    class search and counts of CR, LF and CRLF.)"""
+    that does not end a line (RFC 9110 5.5): relayed, it could split a response. `lines`: how
+    many CRLFs the block must hold (one per header written): a value holding a whole CRLF of its
+    own would be a header of its own. (CRLFs removed, whatever `translate` does not delete is
+    unsafe: two C passes, ~2x faster than a character class search and counts of CR and LF.)"""
     if isinstance(block, str):
         block = block.encode("utf-8", "surrogateescape")
-    return bool(block.replace(b"\r\n", b"").translate(None, _SAFE_HEADER_BYTES))
+    stripped = block.replace(b"\r\n", b"")
+    if lines is not None and len(block) - len(stripped) != 2 * lines:
+        return True
+    return bool(stripped.translate(None, _SAFE_HEADER_BYTES))
 
 
 class UpstreamProtocolError(ConnectionError):

@@ -189,3 +189,40 @@ async def test_a_silent_upstream_times_out_through_the_watchdog(raw_server: Any)
     assert not pool._waiting
     pool.close()
     server.close()
+
+
+@pytest.mark.parametrize(
+    ("block", "lines", "unsafe"),
+    [
+        (b"A: 1\r\nB: 2\r\n", 2, False),
+        (b"A: 1\r\nB: 2", None, False),  # a received head, without its last CRLF
+        (b"A: caf\xc3\xa9\tx\r\n", 1, False),  # obs-text and HTAB are allowed
+        (b"A: 1\rB: 2\r\n", 1, True),  # a bare CR
+        (b"A: 1\nB: 2\r\n", 1, True),  # a bare LF
+        (b"A: 1\x00\r\n", 1, True),
+        (b"A: 1\x7f\r\n", 1, True),
+        # A value holding a whole CRLF is a header of its own: only the count can tell.
+        (b"A: 1\r\nInjected: 1\r\n", 1, True),
+        (b"A: 1\r\nInjected: 1\r\n", None, False),
+    ],
+)
+def test_unsafe_header_block(block: bytes, lines: int | None, unsafe: bool) -> None:
+    from gateway.h1client import unsafe_header_block
+
+    assert unsafe_header_block(block, lines=lines) is unsafe
+    text = block.decode("utf-8", "surrogateescape")
+    assert unsafe_header_block(text, lines=lines) is unsafe
+
+
+def test_a_header_value_holding_a_crlf_is_never_written() -> None:
+    from multidict import CIMultiDict
+
+    from gateway.front import _finish_head, _head_bytes
+
+    with pytest.raises(ValueError, match="control character"):
+        _head_bytes(429, "Too Many Requests", CIMultiDict({"X-A": "1\r\nInjected: 1"}),
+                    close=False)  # fmt: skip
+    with pytest.raises(ValueError, match="control character"):
+        _finish_head(200, "OK", ["X-A: 1\r\nInjected: 1\r\n"], close=False)
+    head = _head_bytes(429, "Too Many Requests", CIMultiDict({"Retry-After": "1"}), close=False)
+    assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nDate: ")
