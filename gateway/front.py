@@ -28,6 +28,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -54,7 +55,7 @@ from gateway.proxy import (
 )
 from gateway.revocation import RevocationUnchecked, TokenRevoked
 from libs.common.errors import Internal, PorticoError, UpstreamTimeout, UpstreamUnavailable
-from libs.common.http import problem_response, sane_request_id
+from libs.common.http import sane_request_id
 from libs.common.protocol import MAX_HEADERS, MAX_LINE_SIZE
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ _ZLIB_SYNC_MAX = 4096  # like aiohttp: compress bigger bodies in the executor
 
 
 _NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+# What `problem_response` sets on every problem+json answer.
+_PROBLEM_HEADERS = (("Content-Type", "application/problem+json"), ("Cache-Control", "no-store"))
 
 
 class _Head:
@@ -529,18 +532,21 @@ class FastFront(asyncio.Protocol):
         return 502
 
     def _problem(self, head: _Head, error: PorticoError, request_id: str) -> int:
-        """Write `error` as problem+json, as `problem_response` + `handle` would."""
-        body = problem_response(error, request_id)
-        headers = body.headers
+        """Write `error` as problem+json, as `problem_response` + `handle` would (without a
+        `web.Response` to build and take apart: a 429 is an answer an abusive client gets by
+        the thousand)."""
+        payload = orjson.dumps(error.to_problem(request_id))
+        headers = CIMultiDict(_PROBLEM_HEADERS)
+        headers.update(error.headers)
         headers["X-Request-ID"] = request_id
         self.gateway.edge.decorate(cast(web.Request, head), headers)
-        payload = cast(bytes, body.body)
         headers["Content-Length"] = str(len(payload))
-        out = _head_bytes(body.status, body.reason, headers, close=self.closing)
+        status = error.status
+        out = _head_bytes(status, _reason(status), headers, close=self.closing)
         if head.method != "HEAD":
             out += payload
         self._write(out)
-        return body.status
+        return status
 
     async def _proxy(self, head: _Head, route: Route, request_id: str, written: list[bool]
                      ) -> tuple[int, str | None]:  # fmt: skip

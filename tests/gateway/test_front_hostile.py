@@ -532,3 +532,45 @@ async def test_control_characters_in_the_upstream_answer_to_a_post_never_reach_t
         assert raw.headers["content-type"] == "application/problem+json"
         assert "injected" not in raw.headers
         assert "x-a" not in raw.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "before"),
+    [
+        ("/api/v1/private", {}, 0),  # 401: no credentials
+        ("/api/v1/private", {"Authorization": "Bearer not.a.token"}, 0),  # 401: malformed
+        ("/api/v1/private", {"Origin": "https://app.example"}, 0),  # 401 with CORS
+        ("/api/v1/things/1", {"X-API-Key": "nonsense"}, 0),  # 401: not an API key
+        ("/api/v1/unavailable", {}, 0),  # 503: nobody listens upstream
+        ("/api/v1/public", {}, 20),  # 429: the anonymous burst (20) is spent
+    ],
+)
+async def test_a_problem_is_answered_alike_by_both_fronts(
+    make_gateway: MakeGateway, orgs: Upstream, redis_prefix: str, path: str,
+    headers: dict[str, str], before: int,
+) -> None:  # fmt: skip
+    from libs.common.embedded import free_port
+
+    options = {"ratelimit_enabled": True, "cors_origins": "https://app.example"}
+    if path == "/api/v1/unavailable":
+        options["orgs_urls"] = f"http://127.0.0.1:{free_port()}"
+    answers = []
+    for fast_front in (True, False):
+        # Each its own rate-limit keys: the second front starts with the burst unspent too.
+        prefix = f"{redis_prefix}{fast_front}:"
+        client = await make_gateway(fast_front=fast_front, redis_prefix=prefix, **options)
+        for _ in range(before):
+            assert (await client.get(path)).status == 200
+        response = await client.get(path, headers={**headers, "X-Request-ID": "same-id"})
+        body = await response.read()
+        seen = sorted(
+            (name.lower(), value)
+            for name, value in response.headers.items()
+            if name.lower() not in ("date", "ratelimit-reset", "retry-after")
+        )
+        answers.append((response.status, seen, body))
+    assert answers[0] == answers[1]
+    status, seen, _ = answers[0]
+    assert status in (401, 429, 503)
+    assert ("content-type", "application/problem+json") in seen
+    assert ("cache-control", "no-store") in seen
