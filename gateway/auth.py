@@ -486,7 +486,8 @@ class Authenticator:
         self.users.succeeded(instance)
         now = time.time()
         if status == 404:
-            self.api_keys[key] = now + min(_NEGATIVE_KEY_SECONDS, self.apikey_seconds)
+            # Bounded like the positive entries: random `pk_...` values must not grow the table.
+            self._remember_key(key, now + min(_NEGATIVE_KEY_SECONDS, self.apikey_seconds))
             return None
         if status != 200:
             _log.warning("api key resolve failed", status=status)
@@ -506,10 +507,15 @@ class Authenticator:
             raise UpstreamUnavailable("authentication is temporarily unavailable") from None
         identity, resign_at = self._sign(principal)
         verified = Verified(principal, now + self.apikey_seconds, identity, resign_at)
-        if len(self.api_keys) >= self.cache_size:
-            del self.api_keys[next(iter(self.api_keys))]
-        self.api_keys[key] = verified
+        self._remember_key(key, verified)
         return verified
+
+    def _remember_key(self, key: str, entry: Verified | float) -> None:
+        """Cache a resolution (or, a float, "unknown until then"); FIFO-bounded by cache_size."""
+        self.api_keys.pop(key, None)
+        if len(self.api_keys) >= self.cache_size:
+            del self.api_keys[next(iter(self.api_keys))]  # the oldest entry goes first
+        self.api_keys[key] = entry
 
     # -- invalidation (revocation channel) ------------------------------------------------
 

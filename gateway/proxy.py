@@ -224,11 +224,12 @@ async def send_upstream(
                     allow_redirects=False,
                     timeout=route.client_timeout,
                 )
-                if unsafe_header_block(
+                if unsafe_header_block(response.reason or "") or unsafe_header_block(
                     b"\r\n".join(b"%s: %s" % pair for pair in response.raw_headers)
                 ):
-                    # aiohttp's lenient parser keeps them; its writer would refuse them to the
-                    # client mid-answer. A broken upstream answer, as the keep-alive pool's.
+                    # aiohttp's lenient parser keeps them (in a header or the reason phrase);
+                    # its writer would refuse them to the client mid-answer. A broken upstream
+                    # answer, as the keep-alive pool's.
                     response.close()
                     raise UpstreamProtocolError("control character in the response head")
         except PayloadTooLarge:

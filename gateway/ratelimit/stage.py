@@ -238,6 +238,7 @@ class RateLimitStage:
         With `revocation`, the token is judged first in the same script call: TokenRevoked
         (nothing charged), or RevocationUnchecked when Redis is not there to judge it."""
         started = time.perf_counter()
+        timed = True
         try:
             compiled = self._compile(route_policy, client_ip, principal)
             if self.mode == "redis" and self.clock is None:
@@ -262,8 +263,12 @@ class RateLimitStage:
                 compiled.plans[0][0].metrics["bypassed"].inc()
                 return None
             return self._decide(compiled, reply)
+        except RevocationUnchecked:
+            timed = False  # no decision: the caller asks again, and that call is the one timed
+            raise
         finally:
-            _DECISION_TALLY.observe((), time.perf_counter() - started)
+            if timed:
+                _DECISION_TALLY.observe((), time.perf_counter() - started)
 
     async def usage(self, *, principal: Principal | None, client_ip: str) -> dict[str, Any]:
         """The caller's tier, rate state and today's quota, without consuming anything."""

@@ -465,6 +465,21 @@ def api_key(users: Upstream) -> str:
     return API_KEY
 
 
+async def test_unknown_api_keys_cannot_grow_the_gateways_memory(
+    make_gateway: Any, users: Upstream
+) -> None:
+    # Each unknown key is remembered as unknown for a few seconds (the users service is not
+    # asked again), in the same bounded table as the known ones: random keys evict the oldest.
+    gateway = await make_gateway(token_cache_size=5)
+    for n in range(12):
+        response = await gateway.get("/api/v1/things/1", headers={"X-API-Key": f"pk_random{n}"})
+        await assert_problem(response, 401, "UNAUTHENTICATED")
+    assert len(gateway.app[GATEWAY].auth.api_keys) <= 5
+    again = await gateway.get("/api/v1/things/1", headers={"X-API-Key": "pk_random11"})
+    await assert_problem(again, 401, "UNAUTHENTICATED")
+    assert users.recorder.resolves == 12  # the newest is still remembered as unknown
+
+
 async def test_api_key_scopes_are_enforced(
     gateway: Any, api_key: str, orgs: Upstream, users: Upstream
 ) -> None:

@@ -511,14 +511,16 @@ async def test_control_characters_in_upstream_headers_never_reach_the_client(
 
 
 @pytest.mark.parametrize("front_kind", FRONTS)
-@pytest.mark.parametrize("value", [b"a\rInjected: 1", b"a\x00b", b"a\x1bb", b"a\x7fb"])
+@pytest.mark.parametrize("where", ["header", "reason"])
+@pytest.mark.parametrize("value", [b"a\rInjected: 1", b"a\x00b", b"a\x1bb", b"a\x7fb", b"a\x01b"])
 async def test_control_characters_in_the_upstream_answer_to_a_post_never_reach_the_client(
-    make_gateway: MakeGateway, front_kind: dict[str, Any], value: bytes
+    make_gateway: MakeGateway, front_kind: dict[str, Any], value: bytes, where: str
 ) -> None:
     # A request with a body goes through aiohttp's client, not the keep-alive GET pool. (Its
     # lenient parser reads a bare LF as a line end: two well-formed headers, relayed as such.)
+    reason, header = (b"Created", value) if where == "header" else (value, b"ok")
     server, url = await _raw_upstream(
-        b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-A: " + value
+        b"HTTP/1.1 201 " + reason + b"\r\nContent-Type: text/plain\r\nX-A: " + header
         + b"\r\nContent-Length: 2\r\n\r\nok"
     )  # fmt: skip
     async with server:
@@ -574,3 +576,20 @@ async def test_a_problem_is_answered_alike_by_both_fronts(
     assert status in (401, 429, 503)
     assert ("content-type", "application/problem+json") in seen
     assert ("cache-control", "no-store") in seen
+
+
+@pytest.mark.parametrize("front_kind", FRONTS)
+@pytest.mark.parametrize("fast_client", [True, False])
+async def test_a_control_character_in_the_upstream_reason_phrase_never_reaches_the_client(
+    make_gateway: MakeGateway, front_kind: dict[str, Any], fast_client: bool
+) -> None:
+    # The keep-alive pool checks the whole head; aiohttp's client (fast_client=False, https
+    # upstreams) keeps the reason phrase as sent: both must refuse it alike.
+    server, url = await _raw_upstream(
+        b"HTTP/1.1 200 O\x01K\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+    )
+    async with server:
+        client = await make_gateway(orgs_urls=url, fast_client=fast_client, **front_kind)
+        raw = await send_raw(*address_of(client.server), _get(b"/api/v1/public"))
+        assert raw.status == 503, raw
+        assert raw.headers["content-type"] == "application/problem+json"

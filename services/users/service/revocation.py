@@ -32,9 +32,11 @@ class Revocations:
         for kind, value in messages:
             await self.redis.publish(self.channel, orjson.dumps({"kind": kind, "value": value}))
         # Gateways that trust a checked token until its revocation message arrives
-        # (`revocation_check=feed`) need the message on their sockets before this revocation is
+        # (`revocation_check=feed`) want the message on their sockets before this revocation is
         # answered. Redis writes a PUBLISH's reply before its messages, in the same pass; a
-        # second round trip is answered in a later pass, after every subscriber's copy.
+        # second round trip is answered in a later pass, after every subscriber's copy was
+        # written. That narrows the window (it does not close it: the network may still delay
+        # the bytes); the default gateway check, in Redis on every request, needs none of it.
         await self.redis.ping()
 
     @redis_required("revocation is temporarily unavailable")
