@@ -278,12 +278,6 @@ def render(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     pinned = (
         f"wrk pinned to CPU {pin['generator']}, every server process to CPU {pin['servers']} "
         "(`taskset`); one process / worker per server"
-        + (
-            f"; Redis on CPU {pin['redis']} with wrk during the proxy runs (in production it has "
-            "its own machine: its work must not compete with the servers under test)"
-            if pin.get("redis")
-            else ""
-        )
         if pin["generator"]
         else "no pinning (`--no-pin` or one CPU)"
     )

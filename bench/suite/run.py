@@ -23,7 +23,6 @@ import time
 import traceback
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +184,6 @@ class Bench:
         self.gen_cpus = "0" if self.pinned else None
         self.srv_cpus = (f"1-{cpus - 1}" if cpus > 2 else "1") if self.pinned else None
         self.results: dict[str, dict[str, Any]] = {}
-        self.redis_cpus: str | None = None  # where a local Redis ran during the proxy runs
         self.scripts: dict[str, Path] = {}
         self.paced: dict[str, dict[str, Any]] = {}
         self.profiles: dict[str, Any] = {}
@@ -224,7 +222,6 @@ class Bench:
             for name in ("upstream", "nginx", "nginx_limit", "gw", "gw_rl", "floor")
         }
         redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        restore_redis = self._pin_redis(redis_url)
         try:
             up = procs.start(
                 [
@@ -290,30 +287,11 @@ class Bench:
             self._proxy_scenarios(ports, bearer, pids)
         finally:
             procs.stop()
-            restore_redis()
             client = redis.Redis.from_url(redis_url)
             stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
             for i in range(0, len(stale), 500):
                 client.delete(*stale[i : i + 500])
             client.close()
-
-    def _pin_redis(self, redis_url: str) -> Callable[[], None]:
-        """Put a local Redis on the generator's core for the proxy runs (and say so), so that
-        the gateway's Redis work does not compete with the servers under test: in production
-        Redis is on its own machine. Returns what restores its affinity."""
-        if not self.pinned or self.gen_cpus is None:
-            return lambda: None
-        try:
-            client = redis.Redis.from_url(redis_url)
-            pid = int(client.info("server")["process_id"])
-            client.close()
-            before = os.sched_getaffinity(pid)
-        except (redis.RedisError, OSError, KeyError, ValueError):
-            return lambda: None
-        pin([pid], self.gen_cpus)
-        self.redis_cpus = self.gen_cpus
-        cpus = ",".join(str(cpu) for cpu in sorted(before))
-        return lambda: pin([pid], cpus)
 
     def _proxy_scenarios(
         self, ports: dict[str, int], bearer: list[str], pids: dict[str, int]
@@ -586,11 +564,7 @@ def main() -> None:
             "load_avg_at_start": load_at_start,
             "load_avg_at_end": os.getloadavg(),
         },
-        "pinning": {
-            "generator": bench.gen_cpus,
-            "servers": bench.srv_cpus,
-            "redis": bench.redis_cpus,
-        },
+        "pinning": {"generator": bench.gen_cpus, "servers": bench.srv_cpus},
         "duration_s": bench.duration,
         "rounds": bench.rounds,
         "runs": bench.results,
