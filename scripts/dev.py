@@ -25,14 +25,18 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libs.common.embedded import EmbeddedMongo, mongo_answers  # noqa: E402
+from libs.common.embedded import EmbeddedMongo, free_port, mongo_answers  # noqa: E402
 
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("PORTICO_DEV_VAR", ROOT / "var"))
+# Each process's port: its own PORTICO_<NAME>_PORT if set (the services read the same variable).
 PROCESSES = [
-    ("users", "services.users", 8081),
-    ("orgs", "services.orgs", 8082),
-    ("files", "services.files", 8083),
-    ("gateway", "gateway", 8080),
+    (name, module, int(os.environ.get(f"PORTICO_{name.upper()}_PORT", default)))
+    for name, module, default in (
+        ("users", "services.users", 8081),
+        ("orgs", "services.orgs", 8082),
+        ("files", "services.files", 8083),
+        ("gateway", "gateway", 8080),
+    )
 ]
 COLORS = {"users": 32, "orgs": 34, "files": 35, "gateway": 36, "mongo": 33}
 
@@ -78,8 +82,14 @@ async def main() -> int:
     env = dict(os.environ)
     env.setdefault("PORTICO_ENV", "development")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    VAR.mkdir(exist_ok=True)
     env.setdefault("PORTICO_FILES_STORAGE_PATH", str(VAR / "objects"))
+    ports = {name: port for name, _module, port in PROCESSES}
+    for name, _module, port in PROCESSES:
+        env[f"PORTICO_{name.upper()}_PORT"] = str(port)
+        if name != "gateway":  # the gateway (and orgs, for users) find the services there
+            env.setdefault(f"PORTICO_GATEWAY_{name.upper()}_URLS", f"http://127.0.0.1:{port}")
+    env.setdefault("PORTICO_ORGS_USERS_URL", f"http://127.0.0.1:{ports['users']}")
+    env.setdefault("PORTICO_FILES_PUBLIC_BASE_URL", f"http://127.0.0.1:{ports['gateway']}")
 
     ensure_service(
         "Redis",
@@ -98,9 +108,9 @@ async def main() -> int:
     mongo: EmbeddedMongo | None = None
     mongo_url = env.get("MONGODB_URL") or env.get("PORTICO_MONGODB_URL")
     if not mongo_url or not mongo_answers(mongo_url):
-        port = 27017 if not answers("127.0.0.1", 27017) else 27018
+        port = 27017 if not answers("127.0.0.1", 27017) else free_port()
         mongo = EmbeddedMongo(storage=VAR / "mongo", port=port, log=VAR / "secantus.log")
-        say(f"starting SecantusDB (MongoDB wire) on 127.0.0.1:{port}, data in var/mongo")
+        say(f"starting SecantusDB (MongoDB wire) on 127.0.0.1:{port}, data in {VAR / 'mongo'}")
         mongo.start()
         mongo_url = mongo.url
     env["MONGODB_URL"] = mongo_url
@@ -146,7 +156,7 @@ async def main() -> int:
             await spawn(name, module)
             await wait_ready(http, name, port)
         say("Portico is up:")
-        say("  gateway  http://127.0.0.1:8080   (public API, /docs, /openapi.json)")
+        say(f"  gateway  http://127.0.0.1:{port}   (public API, /docs, /openapi.json)")
         for name, _module, port in PROCESSES[:-1]:
             say(f"  {name:<8} http://127.0.0.1:{port}   (/healthz /readyz /metrics)")
         say(f"  mongodb  {mongo_url}")
@@ -190,4 +200,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    VAR.mkdir(parents=True, exist_ok=True)
     raise SystemExit(asyncio.run(main()))
