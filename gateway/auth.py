@@ -57,6 +57,15 @@ _RECHECK_SECONDS = 60.0
 _SERVICE = Principal(id="gateway", kind="service", roles=("service",))
 
 
+def _remember(table: dict[str, Any], key: str, value: Any, size: int) -> None:
+    """Put `key` in a table bounded to `size` entries: the oldest goes first (dicts keep
+    insertion order), so keys a client makes up cannot grow the gateway's memory."""
+    table.pop(key, None)
+    if len(table) >= size:
+        del table[next(iter(table))]
+    table[key] = value
+
+
 def _fail(reason: str, detail: str = "invalid credentials") -> Unauthenticated:
     _FAILURE[reason].inc()
     return Unauthenticated(detail)
@@ -185,8 +194,7 @@ class RevocationCheck:
 
     def refuse(self) -> NoReturn:
         """The rate-limit script found the token revoked."""
-        self.auth.tokens.pop(self.token, None)
-        raise _fail("revoked", "the access token has been revoked")
+        self.auth._refuse(self.token)
 
     def discard(self) -> None:
         if self.reply is None:
@@ -314,11 +322,13 @@ class Authenticator:
                 del self.tokens[token]
                 raise _fail("expired", "the access token has expired")
             verified = await self._verify(token)
-            if len(self.tokens) >= self.cache_size:
-                # FIFO eviction: dicts keep insertion order, the oldest entry goes first.
-                del self.tokens[next(iter(self.tokens))]
-            self.tokens[token] = verified
+            _remember(self.tokens, token, verified, self.cache_size)
         return verified
+
+    def _refuse(self, token: str) -> NoReturn:
+        """A revoked token: forgotten, and refused."""
+        self.tokens.pop(token, None)
+        raise _fail("revoked", "the access token has been revoked")
 
     async def _verify(self, token: str) -> Verified:
         try:
@@ -385,8 +395,7 @@ class Authenticator:
         the live feed's epoch; else send its MGET now and return what judges the reply."""
         principal = verified.principal
         if principal.token_id in self.revoked_jti or principal.session_id in self.revoked_sid:
-            self.tokens.pop(token, None)
-            raise _fail("revoked", "the access token has been revoked")
+            self._refuse(token)
         epoch = self.revocation_epoch if self.trust_feed else 0
         if epoch and verified.checked_epoch == epoch and time.monotonic() < verified.checked_until:
             return None
@@ -423,8 +432,7 @@ class Authenticator:
             # good. The rate-limit script reads the value with the same grammar.
             revoked = _NOT_BEFORE.fullmatch(not_before) is None or verified.iat < int(not_before)
         if revoked:
-            self.tokens.pop(token, None)
-            raise _fail("revoked", "the access token has been revoked")
+            self._refuse(token)
         if epoch and epoch == self.revocation_epoch:
             # Sent after the subscription was confirmed: anything revoked since Redis answered
             # reaches the feed, which refuses the token before its next request is looked at.
@@ -487,7 +495,8 @@ class Authenticator:
         now = time.time()
         if status == 404:
             # Bounded like the positive entries: random `pk_...` values must not grow the table.
-            self._remember_key(key, now + min(_NEGATIVE_KEY_SECONDS, self.apikey_seconds))
+            _remember(self.api_keys, key, now + min(_NEGATIVE_KEY_SECONDS, self.apikey_seconds),
+                      self.cache_size)  # fmt: skip
             return None
         if status != 200:
             _log.warning("api key resolve failed", status=status)
@@ -507,15 +516,8 @@ class Authenticator:
             raise UpstreamUnavailable("authentication is temporarily unavailable") from None
         identity, resign_at = self._sign(principal)
         verified = Verified(principal, now + self.apikey_seconds, identity, resign_at)
-        self._remember_key(key, verified)
+        _remember(self.api_keys, key, verified, self.cache_size)
         return verified
-
-    def _remember_key(self, key: str, entry: Verified | float) -> None:
-        """Cache a resolution (or, a float, "unknown until then"); FIFO-bounded by cache_size."""
-        self.api_keys.pop(key, None)
-        if len(self.api_keys) >= self.cache_size:
-            del self.api_keys[next(iter(self.api_keys))]  # the oldest entry goes first
-        self.api_keys[key] = entry
 
     # -- invalidation (revocation channel) ------------------------------------------------
 

@@ -28,7 +28,6 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -55,7 +54,7 @@ from gateway.proxy import (
 )
 from gateway.revocation import RevocationUnchecked, TokenRevoked
 from libs.common.errors import Internal, PorticoError, UpstreamTimeout, UpstreamUnavailable
-from libs.common.http import sane_request_id
+from libs.common.http import problem_parts, sane_request_id
 from libs.common.protocol import MAX_HEADERS, MAX_LINE_SIZE
 
 if TYPE_CHECKING:
@@ -89,8 +88,6 @@ _ZLIB_SYNC_MAX = 4096  # like aiohttp: compress bigger bodies in the executor
 
 
 _NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
-# What `problem_response` sets on every problem+json answer.
-_PROBLEM_HEADERS = (("Content-Type", "application/problem+json"), ("Cache-Control", "no-store"))
 
 
 class _Head:
@@ -535,9 +532,7 @@ class FastFront(asyncio.Protocol):
         """Write `error` as problem+json, as `problem_response` + `handle` would (without a
         `web.Response` to build and take apart: a 429 is an answer an abusive client gets by
         the thousand)."""
-        payload = orjson.dumps(error.to_problem(request_id))
-        headers = CIMultiDict(_PROBLEM_HEADERS)
-        headers.update(error.headers)
+        payload, headers = problem_parts(error, request_id)
         headers["X-Request-ID"] = request_id
         self.gateway.edge.decorate(cast(web.Request, head), headers)
         headers["Content-Length"] = str(len(payload))
@@ -560,7 +555,7 @@ class FastFront(asyncio.Protocol):
         # A limiter talking to Redis judges the token in its own script call (one round trip for
         # both, and still before anything is charged); else the check's MGET is sent now, not
         # awaited, and the cache lookup below joins it in the same write to Redis.
-        fold = limiter is not None and getattr(limiter, "folds_revocation", False)
+        fold = limiter is not None and limiter.folds_revocation
         if route.auth != "none":
             verified, check = await gateway.auth.authenticate_begin(headers, route, hold=fold)
             if verified is not None:
@@ -582,15 +577,10 @@ class FastFront(asyncio.Protocol):
         if limiter is not None:
             client = gateway.edge.client_ip(request)
             try:
-                if fold and check is not None:
-                    decision = await limiter.evaluate(
-                        route_policy=route.rate, client_ip=client, principal=principal,
-                        revocation=check.limiter_keys(),
-                    )  # fmt: skip
-                else:
-                    decision = await limiter.evaluate(
-                        route_policy=route.rate, client_ip=client, principal=principal
-                    )
+                decision = await limiter.evaluate(
+                    route_policy=route.rate, client_ip=client, principal=principal,
+                    revocation=check.limiter_keys() if fold and check is not None else None,
+                )  # fmt: skip
             except TokenRevoked:
                 assert check is not None
                 check.refuse()

@@ -21,6 +21,11 @@ class RateDecisionLike(Protocol):
 
 
 class RateLimitStageLike(Protocol):
+    @property
+    def folds_revocation(self) -> bool:
+        """Whether `evaluate(revocation=...)` will judge a token in its own call (else it
+        raises RevocationUnchecked, and the caller checks the token itself)."""
+
     async def evaluate(
         self, *, route_policy: str | None, client_ip: str, principal: Principal | None,
         revocation: RevocationKeys | None = None,

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import weakref
 from bisect import bisect_left
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from libs.common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
 
 __all__ = ["CountTally", "DurationTally", "RequestTally", "flush_all"]
 
 _MAX_CACHED = 5000
-_LIVE: weakref.WeakSet[DurationTally | CountTally] = weakref.WeakSet()
+_P = TypeVar("_P")
+_LIVE: weakref.WeakSet[_Tally[Any]] = weakref.WeakSet()
 
 
 def flush_all() -> None:
@@ -27,7 +28,32 @@ def flush_all() -> None:
         tally.flush()
 
 
-class DurationTally:
+class _Tally(Generic[_P]):
+    """Pending values by label key, handed to the metrics `delay` seconds after the first one
+    and on every `flush` (`flush_all`, before each scrape)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._pending: dict[tuple[Any, ...], _P] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        _LIVE.add(self)
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+
+    def _take(self) -> dict[tuple[Any, ...], _P]:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+
+class DurationTally(_Tally[list[Any]]):
     """Observations of a prometheus Histogram (and a Counter of them, if given) by label values,
     added to the metrics in batches: `observe` costs a dict lookup and a bisect."""
 
@@ -35,32 +61,24 @@ class DurationTally:
         self, histogram: Any, counter: Any = None, *, prefix: tuple[str, ...] = (),
         delay: float = 1.0,
     ) -> None:  # fmt: skip
-        self.delay = delay
+        super().__init__(delay)
         self._histogram = histogram
         self._counter = counter
         self._prefix = prefix
         self._bounds: tuple[float, ...] = tuple(histogram._upper_bounds)
-        self._pending: dict[tuple[Any, ...], list[Any]] = {}
         self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        _LIVE.add(self)
 
     def observe(self, key: tuple[Any, ...], elapsed: float) -> None:
         entry = self._pending.get(key)
         if entry is None:
             entry = self._pending[key] = [0, 0.0, [0] * len(self._bounds)]
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+            self._arm()
         entry[0] += 1
         entry[1] += elapsed
         entry[2][bisect_left(self._bounds, elapsed)] += 1
 
     def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, {}
-        for key, (count, total, buckets) in pending.items():
+        for key, (count, total, buckets) in self._take().items():
             children = self._children.get(key)
             if children is None:
                 labels = (*self._prefix, *(str(part) for part in key))
@@ -80,34 +98,26 @@ class DurationTally:
                     histogram._buckets[index].inc(hits)
 
 
-class CountTally:
+class CountTally(_Tally[int]):
     """Increments of a prometheus Counter by label values, added in batches: `inc` costs a dict
     update (`Counter.inc` takes a lock, ~1.5 us)."""
 
     def __init__(self, counter: Any, *, delay: float = 1.0) -> None:
-        self.delay = delay
+        super().__init__(delay)
         self._counter = counter
-        self._pending: dict[tuple[str, ...], int] = {}
-        self._children: dict[tuple[str, ...], Any] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        _LIVE.add(self)
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def inc(self, key: tuple[str, ...]) -> None:
         pending = self._pending
         count = pending.get(key)
         if count is None:
             pending[key] = 1
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
+            self._arm()
         else:
             pending[key] = count + 1
 
     def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, {}
-        for key, count in pending.items():
+        for key, count in self._take().items():
             child = self._children.get(key)
             if child is None:
                 child = self._counter.labels(*key)

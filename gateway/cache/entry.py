@@ -7,12 +7,13 @@ and slices the body: no pydantic, no JSON over the body, no compression work.
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
 
 import orjson
 from multidict import CIMultiDict
+
+from gateway.h1client import unsafe_header_block
 
 __all__ = ["BufferedResponse", "Entry", "decode_entry", "encode_entry"]
 
@@ -83,7 +84,6 @@ _ALWAYS = frozenset({"x-content-type-options", "x-frame-options", "referrer-poli
 
 
 _UNSUITED: tuple[bytes, str | None] = (b"", None)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _render(entry: Entry) -> tuple[bytes, str | None]:
@@ -103,13 +103,14 @@ def _render(entry: Entry) -> tuple[bytes, str | None]:
                 return _UNSUITED
             vary = value
             continue
-        if _CONTROL.search(name) or _CONTROL.search(value):
-            return _UNSUITED  # the generic writer refuses it (a 500): never split a response
         typed = typed or lower == "content-type"
         lines.append(f"{name}: {value}\r\n")
     if entry.body and not typed:
         return _UNSUITED
-    return "".join(lines).encode("utf-8", "surrogateescape"), vary
+    text = "".join(lines)
+    if unsafe_header_block(text, lines=len(lines)):
+        return _UNSUITED  # the generic writer refuses it (a 500): never split a response
+    return text.encode("utf-8", "surrogateescape"), vary
 
 
 def encode_entry(entry: Entry) -> bytes:

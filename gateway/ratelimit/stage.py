@@ -156,6 +156,17 @@ class _Compiled:
 _MAX_COMPILED = 10_000
 
 
+def _admitted(reply: list[int]) -> list[int]:
+    """The script's reply, unless it found the token revoked ({-1}, nothing charged)."""
+    if reply[0] == -1:
+        raise TokenRevoked()
+    return reply
+
+
+def _missing_script(exc: BaseException) -> bool:
+    return isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT")
+
+
 def _redis_client(redis: str | aioredis.Redis | RespClient, timeout: float) -> RespClient:
     if isinstance(redis, RespClient):
         return redis
@@ -243,20 +254,14 @@ class RateLimitStage:
             compiled = self._compile(route_policy, client_ip, principal)
             if self.mode == "redis" and self.clock is None:
                 # The hot path, inline: no coroutine per layer.
-                payload = (
-                    compiled.consume if revocation is None else compiled.consume_with(revocation)
-                )
+                payload = self._payload(compiled, True, revocation)
                 reply: list[int] | None
                 try:
-                    answer: list[int] = await self.client.execute(
-                        payload, timeout=self.config.redis_timeout
-                    )
+                    answer = await self.client.execute(payload, timeout=self.config.redis_timeout)
                 except (OSError, ReplyError) as exc:
                     reply = await self._after_failure(exc, compiled, revocation, payload)
                 else:
-                    if answer[0] == -1:
-                        raise TokenRevoked()
-                    reply = answer
+                    reply = _admitted(answer)
             else:
                 reply = await self._run(compiled, consume=True, revocation=revocation)
             if reply is None:  # fail open
@@ -367,9 +372,7 @@ class RateLimitStage:
             else:
                 if self.mode != "redis":
                     self._recover()
-                if reply[0] == -1:
-                    raise TokenRevoked()
-                return reply
+                return _admitted(reply)
             finally:
                 if probe:
                     self._probing = False
@@ -385,23 +388,32 @@ class RateLimitStage:
         DECISIONS.labels(policy="*", result="unavailable").inc()
         raise UpstreamUnavailable("rate limiting is unavailable")
 
+    def _payload(
+        self, compiled: _Compiled, consume: bool, revocation: RevocationKeys | None
+    ) -> bytes:
+        """The script call: serialised once when it takes Redis's clock, else with this one's."""
+        if self.clock is None and consume:
+            return compiled.consume if revocation is None else compiled.consume_with(revocation)
+        now = _SERVER_TIME if self.clock is None else bulk(b"%d" % self._now_us())
+        return compiled.payload(now, consume=consume, revocation=revocation)
+
     async def _remote(
         self, compiled: _Compiled, consume: bool, revocation: RevocationKeys | None = None
     ) -> list[int]:
-        if self.clock is None and consume:
-            payload = compiled.consume if revocation is None else compiled.consume_with(revocation)
-        else:
-            now = _SERVER_TIME if self.clock is None else bulk(b"%d" % self._now_us())
-            payload = compiled.payload(now, consume=consume, revocation=revocation)
-        timeout = self.config.redis_timeout
+        payload = self._payload(compiled, consume, revocation)
         try:
-            reply: list[int] = await self.client.execute(payload, timeout=timeout)
+            reply: list[int] = await self.client.execute(payload, timeout=self.config.redis_timeout)
         except ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
+            if not _missing_script(exc):
                 raise
-            # Redis restarted or its scripts were flushed: load it again, then retry once.
-            await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
-            reply = await self.client.execute(payload, timeout=timeout)
+            reply = await self._reloaded(payload)
+        return reply
+
+    async def _reloaded(self, payload: bytes) -> list[int]:
+        """Redis restarted or its scripts were flushed: load the script again, retry once."""
+        timeout = self.config.redis_timeout
+        await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
+        reply: list[int] = await self.client.execute(payload, timeout=timeout)
         return reply
 
     async def _after_failure(
@@ -411,17 +423,11 @@ class RateLimitStage:
         """The hot path's call failed: a missing script (Redis restarted, scripts flushed) is
         loaded and the call made again; anything else degrades to the failure mode at once (no
         second timeout)."""
-        if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
-            timeout = self.config.redis_timeout
+        if _missing_script(exc):
             try:
-                await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
-                answer: list[int] = await self.client.execute(payload, timeout=timeout)
+                return _admitted(await self._reloaded(payload))
             except (OSError, ReplyError) as again:
                 exc = again
-            else:
-                if answer[0] == -1:
-                    raise TokenRevoked()
-                return answer
         self._degrade(exc, probe=False)
         if revocation is not None:
             raise RevocationUnchecked() from None

@@ -14,6 +14,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import PyMongoError
 
@@ -49,6 +50,7 @@ __all__ = [
     "parse",
     "parse_query",
     "principal",
+    "problem_parts",
     "problem_response",
     "request_id_of",
     "route_template",
@@ -88,18 +90,19 @@ def route_template(request: web.Request) -> str:
     return str(resource.canonical)
 
 
+def problem_parts(error: PorticoError, request_id: str | None) -> tuple[bytes, CIMultiDict[str]]:
+    """A domain error's RFC 9457 problem+json body and headers, never to be stored by a cache:
+    an error is about this moment (a 404 before an invitation is accepted, a 429, a 503), and a
+    stored one would outlive its cause with nothing to purge it."""
+    headers = CIMultiDict({"Content-Type": "application/problem+json", "Cache-Control": "no-store"})
+    headers.update(error.headers)
+    return orjson.dumps(error.to_problem(request_id)), headers
+
+
 def problem_response(error: PorticoError, request_id: str | None) -> web.Response:
-    """Render a domain error as RFC 9457 problem+json, never to be stored by a cache: an error
-    is about this moment (a 404 before an invitation is accepted, a 429, a 503), and a stored
-    one would outlive its cause with nothing to purge it."""
-    response = web.Response(
-        body=orjson.dumps(error.to_problem(request_id)),
-        status=error.status,
-        content_type="application/problem+json",
-        headers={"Cache-Control": "no-store"},
-    )
-    response.headers.update(error.headers)
-    return response
+    """`problem_parts` as an aiohttp response."""
+    body, headers = problem_parts(error, request_id)
+    return web.Response(body=body, status=error.status, headers=headers)
 
 
 def _http_exception_to_error(exc: web.HTTPException) -> PorticoError:

@@ -162,6 +162,18 @@ async def redis(redis_url: str) -> Any:
     await client.aclose()
 
 
+def revocable(signer: Signer, sub: str, **claims: Any) -> tuple[str, dict[str, Any]]:
+    """A token and its claims (jti, sid, iat: what revocation keys name)."""
+    made = signer.claims(sub, **claims)
+    return signer.token(sub, jti=made["jti"], sid=made["sid"], iat=made["iat"]), made
+
+
+async def get_private(gateway: Any, token: str, count: int) -> None:
+    """`count` GETs of a private route with `token`, each answered 200."""
+    for _ in range(count):
+        assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
+
+
 @pytest.fixture
 def revocations(redis: Any, redis_prefix: str) -> Revocations:
     """What the users service runs on logout, session revocation and password change: SET the
@@ -229,8 +241,7 @@ async def test_revoked_token_is_refused_on_the_next_request(
         fast_front=fast_front, revocation_check=check, ratelimit_enabled=limits
     )
     await feed_epoch(gateway)
-    claims = signer.claims("user-9", iat=int(time.time()) - 10)
-    token = signer.token("user-9", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token, claims = revocable(signer, "user-9", iat=int(time.time()) - 10)
     for _ in range(3):  # with the feed trusted: checked in Redis once, then on the feed's word
         assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
     if kind == "jti":
@@ -255,14 +266,11 @@ async def test_by_default_every_request_is_checked_in_redis_whatever_the_feed_sa
     # (rate-limited, in the limiter's own script call).
     gateway = await make_gateway(ratelimit_enabled=limits)
     await feed_epoch(gateway)
-    claims = signer.claims("user-15", iat=int(time.time()) - 10)
-    token = signer.token("user-15", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token, claims = revocable(signer, "user-15", iat=int(time.time()) - 10)
 
-    async def requests(count: int) -> None:
-        for _ in range(count):
-            assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
-
-    checks = await Monitor(redis_url, f"revoked:jti:{claims['jti']}").during(lambda: requests(4))
+    checks = await Monitor(redis_url, f"revoked:jti:{claims['jti']}").during(
+        lambda: get_private(gateway, token, 4)
+    )
     assert len(checks) == 4
     await redis.set(f"{redis_prefix}revoked:{key}:{claims[key]}", "1", ex=960)  # no PUBLISH
     response = await gateway.get("/api/v1/private", headers=bearer(token))
@@ -281,20 +289,17 @@ async def test_a_trusted_feed_spares_a_known_token_its_redis_command(
 ) -> None:
     gateway = await make_gateway(revocation_check="feed")
     epoch = await feed_epoch(gateway)
-    claims = signer.claims("user-12")
-    token = signer.token("user-12", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token, claims = revocable(signer, "user-12")
     monitor = Monitor(redis_url, f"revoked:jti:{claims['jti']}")
 
-    async def requests(count: int) -> None:
-        for _ in range(count):
-            assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
-
-    assert len(await monitor.during(lambda: requests(5))) == 1  # the first one only
-    assert await monitor.during(lambda: requests(5)) == []
+    assert (
+        len(await monitor.during(lambda: get_private(gateway, token, 5))) == 1
+    )  # the first one only
+    assert await monitor.during(lambda: get_private(gateway, token, 5)) == []
     # The feed drops: no message can be trusted to arrive, so the token is checked again.
     await kill_feed(redis, redis_prefix)
     await feed_epoch(gateway, other_than=epoch)
-    assert len(await monitor.during(lambda: requests(3))) == 1
+    assert len(await monitor.during(lambda: get_private(gateway, token, 3))) == 1
 
 
 async def test_a_revocation_published_while_the_trusted_feed_was_down_is_still_caught(
@@ -302,8 +307,7 @@ async def test_a_revocation_published_while_the_trusted_feed_was_down_is_still_c
 ) -> None:
     gateway = await make_gateway(revocation_check="feed")
     epoch = await feed_epoch(gateway)
-    claims = signer.claims("user-13")
-    token = signer.token("user-13", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token, claims = revocable(signer, "user-13")
     assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
     await kill_feed(redis, redis_prefix)
     # Revoked while no subscription listened: the key is in Redis, the message went nowhere.
@@ -319,8 +323,7 @@ async def test_a_trusted_feed_once_lost_vouches_for_no_token(
 ) -> None:
     gateway = await make_gateway(revocation_check="feed")
     await feed_epoch(gateway)
-    claims = signer.claims("user-14", iat=int(time.time()) - 10)
-    token = signer.token("user-14", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token = signer.token("user-14", iat=int(time.time()) - 10)
     for _ in range(2):  # checked in Redis under the live epoch, then trusted
         assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
     auth = gateway.app[GATEWAY].auth
@@ -343,8 +346,7 @@ async def test_the_feed_subscribes_for_a_redis_user_that_may_not_name_its_connec
         url = f"redis://{user}:{password}@{parts.hostname}:{parts.port or 6379}{parts.path}"
         gateway = await make_gateway(redis_url=url, revocation_check="feed")
         await feed_epoch(gateway)
-        claims = signer.claims("user-16", iat=int(time.time()) - 10)
-        token = signer.token("user-16", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+        token, claims = revocable(signer, "user-16", iat=int(time.time()) - 10)
         assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
         await revocations.revoke_token(claims["jti"], claims["exp"])
         response = await gateway.get("/api/v1/private", headers=bearer(token))
@@ -361,8 +363,7 @@ async def test_a_revoked_token_gets_no_cached_answer_and_no_429_first(
     # On a cached, rate-limited route the check runs alongside the limiter and the lookup (one
     # round trip to Redis): a revoked token must still get its 401, not the entry, not a 429.
     gateway = await make_gateway(cache_enabled=True, ratelimit_enabled=True, fast_front=fast_front)
-    claims = signer.claims("user-11", iat=int(time.time()) - 10)
-    token = signer.token("user-11", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token, claims = revocable(signer, "user-11", iat=int(time.time()) - 10)
     for expected in ("MISS", "HIT"):
         response = await gateway.get("/api/v1/cached", headers=bearer(token))
         assert response.status == 200
@@ -443,14 +444,11 @@ async def test_on_a_rate_limited_route_the_limiter_script_checks_the_token(
     make_gateway: Any, signer: Signer, redis_url: str
 ) -> None:
     gateway = await make_gateway(ratelimit_enabled=True)
-    claims = signer.claims("user-17")
-    token = signer.token("user-17", jti=claims["jti"], sid=claims["sid"], iat=claims["iat"])
+    token, claims = revocable(signer, "user-17")
 
-    async def requests() -> None:
-        for _ in range(3):
-            assert (await gateway.get("/api/v1/private", headers=bearer(token))).status == 200
-
-    seen = await Monitor(redis_url, f"revoked:jti:{claims['jti']}").during(requests)
+    seen = await Monitor(redis_url, f"revoked:jti:{claims['jti']}").during(
+        lambda: get_private(gateway, token, 3)
+    )
     # One Redis command per request, the rate-limit script with the token's keys: no MGET.
     assert len(seen) == 3
     assert all(command.upper().startswith("EVALSHA") for command in seen), seen

@@ -166,11 +166,13 @@ class FakeDecision:
 class FakeRateLimit:
     """A stand-in for gateway/ratelimit's stage, to check the gateway calls it as agreed."""
 
+    folds_revocation = False  # the gateway checks tokens itself
+
     def __init__(self) -> None:
         self.calls: list[tuple[str | None, str, str | None]] = []
 
-    async def evaluate(self, *, route_policy: str | None, client_ip: str,
-                       principal: Any) -> FakeDecision:  # fmt: skip
+    async def evaluate(self, *, route_policy: str | None, client_ip: str, principal: Any,
+                       revocation: Any = None) -> FakeDecision:  # fmt: skip
         self.calls.append((route_policy, client_ip, principal.id if principal else None))
         if route_policy == "deny":
             from libs.common.errors import RateLimited
