@@ -148,17 +148,32 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
                 unit="ms",
             )
         g, n = pair("(4) gateway + limiter (admits all)", "(3) gateway cache miss auth GET")
-        cost = 1 - _ratio(g, n)
+        paired = data.get("limiter") or {}
         add(
             "(4) limiter, admits all",
-            "req/s",
+            "req/s, best of each",
             g,
             "same route, limits off",
             n,
             _ratio(g, n),
-            "cost < 10%",
-            cost < 0.10,
+            "-" if paired else "cost < 10%",
+            None if paired else 1 - _ratio(g, n) < 0.10,
         )
+        if paired:
+            last.clear()
+            median = paired["median_ratio"]
+            add(
+                "(4) limiter, admits all",
+                f"req/s, median of {paired['pairs']} back-to-back pairs (on / off); gateway CPU "
+                f"+{paired['median_cpu_us_added']:.1f} µs/req",
+                median,
+                "same route, limits off, same pair",
+                1.0,
+                median,
+                "cost < 10%",
+                1 - median < 0.10,
+                unit="ratio",
+            )
         ng, nn = pair("nginx limit_req (admits all)", "nginx proxy")
         add(
             "(4) limiter, admits all",
@@ -267,6 +282,8 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _fmt(value: float, unit: str) -> str:
     if unit == "req/s":
         return f"{value:,.0f}"
+    if unit == "ratio":
+        return f"{value:.2f}"
     if unit == "MB/s":
         return f"{value:,.0f} MB/s"
     return f"{value:.2f} {unit}"
@@ -350,6 +367,17 @@ def render(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         "shared both cores: req/s and tail latencies then understate every Python process "
         "(gateway, upstream) more than nginx.",
     ]
+    limiter = data.get("limiter") or {}
+    if limiter:
+        lines += [
+            "",
+            f"Limiter cost, pair by pair: (4) / (3) req/s of {limiter['pairs']} back-to-back "
+            "pairs (the saturation rounds plus extra pairs in alternating order), sorted: "
+            f"{', '.join(f'{r:.2f}' for r in limiter['ratios'])}; median "
+            f"{limiter['median_ratio']:.2f}. The gateway's own CPU grows by a median "
+            f"{limiter['median_cpu_us_added']:.1f} µs a request; the rest of the cost is Redis "
+            "running the script on the same two cores.",
+        ]
     files = data.get("files") or {}
     if files:
         lines += [

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,7 @@ class Bench:
         self.scripts: dict[str, Path] = {}
         self.paced: dict[str, dict[str, Any]] = {}
         self.profiles: dict[str, Any] = {}
+        self.limiter: dict[str, Any] = {}
         self.files: dict[str, float] = {}
         self.events: dict[str, Any] = {}
         self.access_token = ""
@@ -353,6 +355,7 @@ class Bench:
             )
         print(f"saturation: wrk -t1 -c64, {self.duration} s, best of {self.rounds}", flush=True)
         best: dict[str, Result] = {}
+        every: dict[str, list[Result]] = {}
         for _ in range(self.rounds):
             for name, (target, script, pids, expect) in runs.items():
                 result = run_wrk(
@@ -364,11 +367,15 @@ class Bench:
                     cpus=self.gen_cpus,
                     expect_status=expect,
                 )
+                every.setdefault(name, []).append(result)
                 if name not in best or result.rps > best[name].rps:
                     best[name] = result
         # Upstream CPU of the proxied runs is included in neither: it is the same process for all.
         for name, result in best.items():
             self.record(name, result, mode="saturation")
+        limited, plain_run = "(4) gateway + limiter (admits all)", "(3) gateway cache miss auth GET"
+        if limited in runs and plain_run in runs:
+            self._limiter_pairs(runs[limited], runs[plain_run], every[limited], every[plain_run])
         # Latency at 50% of the gateway's saturation: the same offered rate for gateway, baseline.
         paced = {
             "(1) gateway cache hit public": ["nginx proxy_cache public"],
@@ -410,6 +417,49 @@ class Bench:
                 for name in ("(1) gateway cache hit public", "(3) gateway cache miss auth GET")
                 if name in runs
             }
+
+    def _limiter_pairs(
+        self,
+        limited: tuple[str, Path, list[int], int | None],
+        plain: tuple[str, Path, list[int], int | None],
+        limited_runs: list[Result],
+        plain_runs: list[Result],
+    ) -> None:
+        """The limiter's cost as the median of paired runs: the same route with limits on and
+        off, back to back, in alternating order. A cost of ~10% is smaller than the swings of a
+        shared box between two best-of figures taken minutes apart; pairs see the same
+        weather."""
+        extra = 2 if self.quick else 6
+        for i in range(extra):
+            order = (limited, plain) if i % 2 else (plain, limited)
+            for target, script, pids, _ in order:
+                result = run_wrk(
+                    target,
+                    script,
+                    duration=self.duration,
+                    connections=64,
+                    pids=pids,
+                    cpus=self.gen_cpus,
+                )
+                (limited_runs if target == limited[0] else plain_runs).append(result)
+        ratios = sorted(
+            on.rps / off.rps for on, off in zip(limited_runs, plain_runs, strict=True) if off.rps
+        )
+        cpu = sorted(
+            on.cpu_us - off.cpu_us for on, off in zip(limited_runs, plain_runs, strict=True)
+        )
+        self.limiter = {
+            "pairs": len(ratios),
+            "ratios": [round(r, 3) for r in ratios],
+            "median_ratio": statistics.median(ratios),
+            "median_cpu_us_added": statistics.median(cpu),
+        }
+        print(
+            f"  limiter pairs: median ratio {self.limiter['median_ratio']:.3f} of {len(ratios)} "
+            f"({', '.join(f'{r:.2f}' for r in ratios)}), gateway CPU added "
+            f"{self.limiter['median_cpu_us_added']:.1f} us/req",
+            flush=True,
+        )
 
     # --- part 2: the platform (login, files) -----------------------------------------------------
     def platform(self) -> None:
@@ -571,6 +621,7 @@ def main() -> None:
         "files": bench.files,
         "events": bench.events,
         "profiles": bench.profiles,
+        "limiter": bench.limiter,
         "failures": failures,
     }
     markdown, headline = render(data)
