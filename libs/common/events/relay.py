@@ -20,7 +20,7 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pymongo import UpdateMany
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from libs.common.events.metrics import EVENTS_PUBLISHED, OUTBOX_PENDING
 from libs.common.events.outbox import Outbox
@@ -34,6 +34,9 @@ _LOCK_ID = "relay"
 # SecantusDB matches each candidate document against the whole `$in` list, so one `$in` of n ids
 # costs O(n^2): the ids of a batch go out in slices of this size, in a single bulk write.
 _IN_SLICE = 50
+# "$changeStream is only supported on replica sets" (40573) and CommandNotSupported (115)
+# (a standalone mongod, an emulator without them): polling is all there is.
+_NO_CHANGE_STREAMS = frozenset({40573, 115})
 _COUNT_EVERY = timedelta(seconds=5)  # the pending count while the relay is behind
 
 
@@ -354,18 +357,43 @@ class OutboxRelay:
         entries anyway, and the others do not publish. A waiting getMore is answered on any write
         to the database, mostly with nothing for us (SecantusDB), so after an empty answer the
         next one waits `watch_pause`, not one round trip per write of any service.
+
+        A stream lost with the database (longer than the driver's own resume) is opened again
+        with backoff, and the relay looks once for what was committed meanwhile; until then the
+        poll covers it. A server without change streams (standalone) is polled for good.
         """
-        try:
-            async with await self.outbox.collection.watch(
-                [{"$match": {"operationType": "insert"}}]
-            ) as stream:
-                while True:
-                    await self._waiting.wait()
-                    if await stream.try_next() is not None:
-                        self.outbox.wakeup.set()
-                    else:
-                        await asyncio.sleep(self.watch_pause)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # no change streams (standalone server): the poll covers it
-            _log.info("outbox change stream unavailable, polling", reason=repr(exc))
+        backoff = 0.1
+        lost = False
+        while True:
+            try:
+                async with await self.outbox.collection.watch(
+                    [{"$match": {"operationType": "insert"}}]
+                ) as stream:
+                    if lost:
+                        _log.info("outbox change stream restored")
+                        lost = False
+                        self.outbox.wakeup.set()  # inserts of other processes while it was down
+                    backoff = 0.1
+                    while stream.alive:
+                        await self._waiting.wait()
+                        if await stream.try_next() is not None:
+                            self.outbox.wakeup.set()
+                        else:
+                            await asyncio.sleep(self.watch_pause)
+            except asyncio.CancelledError:
+                raise
+            except OperationFailure as exc:
+                if exc.code in _NO_CHANGE_STREAMS:
+                    _log.info("outbox change streams unsupported, polling", reason=str(exc))
+                    return
+                lost = self._stream_lost(exc, lost)
+            except Exception as exc:  # the database is away: the poll covers it meanwhile
+                lost = self._stream_lost(exc, lost)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    @staticmethod
+    def _stream_lost(exc: Exception, lost: bool) -> bool:
+        if not lost:
+            _log.warning("outbox change stream lost, polling until it is back", reason=repr(exc))
+        return True

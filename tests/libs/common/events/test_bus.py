@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -14,11 +15,12 @@ import pytest
 from bson import ObjectId
 from prometheus_client import REGISTRY
 
+from libs.common.embedded import EmbeddedMongo
 from libs.common.events import Event, Outbox, OutboxEntry, handler_session
 from libs.common.events.consumer import ATTEMPT_HEADER, ERROR_HEADER, topic_matches
 from libs.common.events.handling import after_commit
 from libs.common.events.replay import replay_dead_letters
-from libs.common.mongo import Mongo
+from libs.common.mongo import Mongo, connect_mongo
 from tests.libs.common.events.conftest import FAST, Bus, close_connections_named, wait_until
 
 
@@ -541,3 +543,47 @@ async def test_an_insert_by_another_process_wakes_the_relay_before_its_poll(
         return [e.id for e in seen] == [event_id]
 
     await wait_until(arrived, timeout=10, what="the change stream to wake the relay")
+
+
+async def test_the_relay_watches_again_once_the_database_is_back(tmp_path: Path, bus: Bus) -> None:
+    # A database of its own, to stop and start again (same port, same storage).
+    server = EmbeddedMongo(storage=tmp_path / "db").start()
+    handles: list[Mongo] = []
+    try:
+        for _ in range(2):  # the relay's process and another one
+            handles.append(await connect_mongo(server.url, "relay_watch", [], timeout_ms=500))
+        outbox, other_process = Outbox(handles[0], "users"), Outbox(handles[1], "users")
+        await outbox.ensure_indexes()
+        seen: list[str] = []
+
+        async def handler(event: Event) -> None:
+            seen.append(event.id)
+
+        await bus.consumer("orgs", [(("user.*",), handler)], mongo=None)
+        await bus.relay(outbox, options=dataclasses.replace(FAST, poll_interval=60.0))
+        await asyncio.sleep(0.3)  # idle, waiting for work: the change stream is open
+        server.stop()
+        await asyncio.sleep(1.5)  # the stream's getMore fails; resuming finds no server
+        server.start()
+
+        # Committed while the stream was down, or just after: published once it is back.
+        [first] = await emit(other_process, 1)
+
+        async def first_arrived() -> bool:
+            return seen == [first]
+
+        await wait_until(first_arrived, timeout=15, what="the entry committed during the outage")
+        # Now only the change stream can wake the relay before its 60 s poll.
+        [second] = await emit(other_process, 1)
+
+        async def second_arrived() -> bool:
+            return seen == [first, second]
+
+        await wait_until(second_arrived, timeout=10, what="the change stream, watched again")
+    finally:
+        for relay in bus.relays:
+            await relay.stop()
+        bus.relays.clear()
+        for handle in handles:
+            await handle.client.close()
+        server.stop()
