@@ -21,6 +21,7 @@ from libs.common.http import (
     request_id_of,
 )
 from libs.common.logging import configure_logging
+from libs.common.memory import tune_malloc
 from libs.common.metrics import metrics_handler
 from libs.common.protocol import (
     MAX_FIELD_SIZE,
@@ -156,6 +157,7 @@ def run_app(
         level=settings.log_level, json=settings.log_json, service=settings.service_name
     )
     _log.info("starting", host=settings.host, port=settings.port)
+    tune_malloc()
     if isinstance(app, web.Application):
         app.on_startup.append(_freeze_heap)  # last: after every other start-up step
     web.run_app(
