@@ -165,7 +165,7 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
             add(
                 "(4) limiter, admits all",
                 f"req/s, median of {paired['pairs']} back-to-back pairs (on / off); gateway CPU "
-                f"+{paired['median_cpu_us_added']:.1f} µs/req",
+                f"{paired['median_cpu_us_added']:+.1f} µs/req",
                 median,
                 "same route, limits off, same pair",
                 1.0,
@@ -374,9 +374,15 @@ def render(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             f"Limiter cost, pair by pair: (4) / (3) req/s of {limiter['pairs']} back-to-back "
             "pairs (the saturation rounds plus extra pairs in alternating order), sorted: "
             f"{', '.join(f'{r:.2f}' for r in limiter['ratios'])}; median "
-            f"{limiter['median_ratio']:.2f}. The gateway's own CPU grows by a median "
-            f"{limiter['median_cpu_us_added']:.1f} µs a request; the rest of the cost is Redis "
-            "running the script on the same two cores.",
+            f"{limiter['median_ratio']:.2f}"
+            + (
+                f" ({limiter['dropped_pairs_with_errors']} pairs with failed requests left out)"
+                if limiter.get("dropped_pairs_with_errors")
+                else ""
+            )
+            + f". The gateway's own CPU changes by a median {limiter['median_cpu_us_added']:+.1f} "
+            "µs a request; the rest of the cost is Redis running the script on the same two "
+            "cores.",
         ]
     files = data.get("files") or {}
     if files:

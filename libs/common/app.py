@@ -156,8 +156,7 @@ def run_app(
     configure_logging(
         level=settings.log_level, json=settings.log_json, service=settings.service_name
     )
-    _log.info("starting", host=settings.host, port=settings.port)
-    tune_malloc()
+    _log.info("starting", host=settings.host, port=settings.port, malloc_tuned=tune_malloc())
     if isinstance(app, web.Application):
         app.on_startup.append(_freeze_heap)  # last: after every other start-up step
     web.run_app(

@@ -34,9 +34,10 @@ _LOCK_ID = "relay"
 # SecantusDB matches each candidate document against the whole `$in` list, so one `$in` of n ids
 # costs O(n^2): the ids of a batch go out in slices of this size, in a single bulk write.
 _IN_SLICE = 50
-# "$changeStream is only supported on replica sets" (40573) and CommandNotSupported (115)
-# (a standalone mongod, an emulator without them): polling is all there is.
-_NO_CHANGE_STREAMS = frozenset({40573, 115})
+# "$changeStream is only supported on replica sets" (40573), CommandNotSupported (115) and
+# "Unrecognized pipeline stage" (40324): a standalone mongod or a server without change streams;
+# polling is all there is.
+_NO_CHANGE_STREAMS = frozenset({40573, 115, 40324})
 _COUNT_EVERY = timedelta(seconds=5)  # the pending count while the relay is behind
 
 
@@ -358,42 +359,49 @@ class OutboxRelay:
         to the database, mostly with nothing for us (SecantusDB), so after an empty answer the
         next one waits `watch_pause`, not one round trip per write of any service.
 
-        A stream lost with the database (longer than the driver's own resume) is opened again
-        with backoff, and the relay looks once for what was committed meanwhile; until then the
-        poll covers it. A server without change streams (standalone) is polled for good.
+        A stream lost with the database (longer than the driver's own resume), or ended by the
+        server, is opened again with backoff (which starts over once a stream has lasted
+        `max_backoff`: a flapping one is not reopened ten times a second); once a read on the new
+        one works, the relay looks once for what was committed meanwhile (the poll covers the gap
+        until then). A server without change streams (standalone) is polled for good.
         """
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         lost = False
         while True:
+            opened = loop.time()
             try:
                 async with await self.outbox.collection.watch(
                     [{"$match": {"operationType": "insert"}}]
                 ) as stream:
-                    if lost:
-                        _log.info("outbox change stream restored")
-                        lost = False
-                        self.outbox.wakeup.set()  # inserts of other processes while it was down
-                    backoff = 0.1
                     while stream.alive:
                         await self._waiting.wait()
-                        if await stream.try_next() is not None:
+                        found = await stream.try_next()
+                        if lost:  # a stream that opens but cannot be read is not back yet
+                            _log.info("outbox change stream restored")
+                            lost = False
+                            self.outbox.wakeup.set()  # other processes' inserts meanwhile
+                        if found is not None:
                             self.outbox.wakeup.set()
                         else:
                             await asyncio.sleep(self.watch_pause)
+                lost = self._stream_lost("the server ended the stream", lost)
             except asyncio.CancelledError:
                 raise
             except OperationFailure as exc:
                 if exc.code in _NO_CHANGE_STREAMS:
                     _log.info("outbox change streams unsupported, polling", reason=str(exc))
                     return
-                lost = self._stream_lost(exc, lost)
+                lost = self._stream_lost(repr(exc), lost)
             except Exception as exc:  # the database is away: the poll covers it meanwhile
-                lost = self._stream_lost(exc, lost)
+                lost = self._stream_lost(repr(exc), lost)
+            if loop.time() - opened >= self.max_backoff:
+                backoff = 0.1  # it had been working a while: this is a new outage
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
     @staticmethod
-    def _stream_lost(exc: Exception, lost: bool) -> bool:
+    def _stream_lost(reason: str, lost: bool) -> bool:
         if not lost:
-            _log.warning("outbox change stream lost, polling until it is back", reason=repr(exc))
+            _log.warning("outbox change stream lost, polling until it is back", reason=reason)
         return True

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from libs.common.memory import tune_malloc
+from libs.common.memory import glibc, tune_malloc
+
+pytestmark = pytest.mark.skipif(not glibc(), reason="glibc's allocator")
 
 # In a fresh interpreter: what a proxy relaying a body does to the heap, pieces of varying size
 # (as the socket delivers them, as they are joined and framed) allocated, written in full, and
@@ -26,23 +29,33 @@ for _ in range(2000):
         held.pop(0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
+# What an operator may set for glibc: each run starts from glibc's own defaults.
+_OPERATOR = ("MALLOC_", "GLIBC_TUNABLES")
 
 
 def _faults(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OPERATOR)}
     done = subprocess.run(
-        [sys.executable, "-c", _CHUNKS, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHUNKS, mode], capture_output=True, text=True, check=True, env=env
     )
     return int(done.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_large_chunks_stop_costing_a_page_fault_per_page() -> None:
-    default, tuned = _faults("default"), _faults("tuned")
-    # Default glibc: large buffers keep coming back from the kernel zeroed, a fault per 4 KiB
-    # (~29k here, ~115 MiB faulted in for ~600 MiB allocated).
-    assert default > 10_000, default
-    assert tuned < 2_000, tuned
+    default = _faults("default")
+    if default < 5_000:  # e.g. transparent huge pages for malloc ("always"): nothing to save
+        pytest.skip(f"this host's allocator faults {default} pages here by default")
+    tuned = _faults("tuned")
+    # glibc's defaults here: ~29k faults (~115 MiB faulted in for ~600 MiB allocated).
+    assert tuned * 10 < default, (tuned, default)
 
 
-def test_tuning_reports_whether_it_applied() -> None:
-    assert tune_malloc() is True  # glibc here; False (and nothing changed) elsewhere
+def test_tuning_applies_on_glibc_and_yields_to_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    assert tune_malloc() is False  # the operator's setting stands
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    for name in [k for k in os.environ if k.startswith(_OPERATOR)]:
+        monkeypatch.delenv(name)
+    assert tune_malloc() is True

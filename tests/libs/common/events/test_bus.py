@@ -550,8 +550,9 @@ async def test_the_relay_watches_again_once_the_database_is_back(tmp_path: Path,
     server = EmbeddedMongo(storage=tmp_path / "db").start()
     handles: list[Mongo] = []
     try:
-        for _ in range(2):  # the relay's process and another one
-            handles.append(await connect_mongo(server.url, "relay_watch", [], timeout_ms=500))
+        # The relay's process (its stream gives up on a missing server quickly) and another one.
+        handles.append(await connect_mongo(server.url, "relay_watch", [], timeout_ms=500))
+        handles.append(await connect_mongo(server.url, "relay_watch", []))
         outbox, other_process = Outbox(handles[0], "users"), Outbox(handles[1], "users")
         await outbox.ensure_indexes()
         seen: list[str] = []
@@ -561,7 +562,7 @@ async def test_the_relay_watches_again_once_the_database_is_back(tmp_path: Path,
 
         await bus.consumer("orgs", [(("user.*",), handler)], mongo=None)
         await bus.relay(outbox, options=dataclasses.replace(FAST, poll_interval=60.0))
-        await asyncio.sleep(0.3)  # idle, waiting for work: the change stream is open
+        await asyncio.sleep(0.5)  # idle, waiting for work: the change stream is open
         server.stop()
         await asyncio.sleep(1.5)  # the stream's getMore fails; resuming finds no server
         server.start()
