@@ -300,9 +300,7 @@ async def _pipeline(
 
 
 def _edge_headers(request: web.Request, edge: Edge, extra: list[tuple[str, str]]) -> None:
-    collected: dict[str, str] = {}
-    edge.decorate(request, collected)
-    extra.extend(collected.items())
+    extra.extend(edge.response_items(request))
 
 
 def _buffered_fetch(

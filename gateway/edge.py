@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from functools import lru_cache
 
 from aiohttp import web
@@ -88,6 +88,15 @@ class Edge:
         if self.any_origin and not self.credentials:
             return "*"
         return None
+
+    def response_items(self, request: web.Request) -> Sequence[tuple[str, str]]:
+        """`decorate`'s headers as (name, value) pairs, for a response the caller assembles; the
+        common case (no `Origin`, no TLS) is one shared tuple, built once."""
+        if "Origin" not in request.headers and not self.behind_tls(request):
+            return SECURITY_HEADERS
+        collected: dict[str, str] = {}
+        self.decorate(request, collected)
+        return list(collected.items())
 
     def decorate(self, request: web.Request, headers: MutableMapping[str, str]) -> None:
         """Add security and CORS headers to a response's headers (a CIMultiDict or a dict)."""

@@ -616,9 +616,7 @@ class FastFront(asyncio.Protocol):
             retry_backoff=gateway.settings.retry_backoff_seconds,
         )  # fmt: skip
         extra.append(("X-Request-ID", request_id))
-        collected: dict[str, str] = {}
-        gateway.edge.decorate(request, collected)
-        extra.extend(collected.items())
+        extra.extend(gateway.edge.response_items(request))
         try:
             status = await self._relay(head, response, extra, written)
         finally:
