@@ -26,6 +26,8 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
         unit: str = "req/s",
         cpu: tuple[str, str] | None = None,
     ) -> None:
+        if unit == "req/s" and not last:
+            return  # one of the two runs is not in this report (`--runs`, `--only`)
         rows.append(
             {
                 "scenario": scenario,
@@ -50,7 +52,7 @@ def headline(data: dict[str, Any]) -> list[dict[str, Any]]:
         last[:] = [gateway, baseline] if gateway in runs and baseline in runs else []
         return rps(gateway), rps(baseline)
 
-    if "(1) gateway cache hit public" in runs:
+    if any(name.startswith("(") for name in runs):  # the proxy scenarios ran, all or some
         g, n = pair("(1) gateway cache hit public", "nginx proxy_cache public")
         add(
             "(1) cache hit, public",
