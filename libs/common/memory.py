@@ -12,8 +12,8 @@ with them.
 Buffers up to 4 MiB come from the heap, and up to 32 MiB of free memory at the top of each
 malloc arena (the main one, and one per thread that allocates: executor threads) stay with the
 process instead of being returned and faulted in again. RSS under a 1 GiB upload stays flat
-either way (the working set is a few chunks). Settings an operator gives glibc themselves
-(`MALLOC_*_` variables, `GLIBC_TUNABLES`) are left alone.
+either way (the working set is a few chunks). Thresholds an operator gives glibc themselves
+(`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `GLIBC_TUNABLES`) are left alone.
 """
 
 from __future__ import annotations
