@@ -163,10 +163,6 @@ def _admitted(reply: list[int]) -> list[int]:
     return reply
 
 
-def _missing_script(exc: BaseException) -> bool:
-    return isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT")
-
-
 def _redis_client(redis: str | aioredis.Redis | RespClient, timeout: float) -> RespClient:
     if isinstance(redis, RespClient):
         return redis
@@ -252,18 +248,7 @@ class RateLimitStage:
         timed = True
         try:
             compiled = self._compile(route_policy, client_ip, principal)
-            if self.mode == "redis" and self.clock is None:
-                # The hot path, inline: no coroutine per layer.
-                payload = self._payload(compiled, True, revocation)
-                reply: list[int] | None
-                try:
-                    answer = await self.client.execute(payload, timeout=self.config.redis_timeout)
-                except (OSError, ReplyError) as exc:
-                    reply = await self._after_failure(exc, compiled, revocation, payload)
-                else:
-                    reply = _admitted(answer)
-            else:
-                reply = await self._run(compiled, consume=True, revocation=revocation)
+            reply = await self._run(compiled, consume=True, revocation=revocation)
             if reply is None:  # fail open
                 compiled.plans[0][0].metrics["bypassed"].inc()
                 return None
@@ -401,37 +386,16 @@ class RateLimitStage:
         self, compiled: _Compiled, consume: bool, revocation: RevocationKeys | None = None
     ) -> list[int]:
         payload = self._payload(compiled, consume, revocation)
-        try:
-            reply: list[int] = await self.client.execute(payload, timeout=self.config.redis_timeout)
-        except ReplyError as exc:
-            if not _missing_script(exc):
-                raise
-            reply = await self._reloaded(payload)
-        return reply
-
-    async def _reloaded(self, payload: bytes) -> list[int]:
-        """Redis restarted or its scripts were flushed: load the script again, retry once."""
         timeout = self.config.redis_timeout
-        await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
-        reply: list[int] = await self.client.execute(payload, timeout=timeout)
+        try:
+            reply: list[int] = await self.client.execute(payload, timeout=timeout)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # Redis restarted or its scripts were flushed: load it again, then retry once.
+            await self.client.execute(command(b"SCRIPT", b"LOAD", SCRIPT), timeout=timeout)
+            reply = await self.client.execute(payload, timeout=timeout)
         return reply
-
-    async def _after_failure(
-        self, exc: OSError | ReplyError, compiled: _Compiled, revocation: RevocationKeys | None,
-        payload: bytes,
-    ) -> list[int] | None:  # fmt: skip
-        """The hot path's call failed: a missing script (Redis restarted, scripts flushed) is
-        loaded and the call made again; anything else degrades to the failure mode at once (no
-        second timeout)."""
-        if _missing_script(exc):
-            try:
-                return _admitted(await self._reloaded(payload))
-            except (OSError, ReplyError) as again:
-                exc = again
-        self._degrade(exc, probe=False)
-        if revocation is not None:
-            raise RevocationUnchecked() from None
-        return self._fallback(compiled, consume=True)
 
     def _probe_due(self) -> bool:
         if self._probing or time.monotonic() < self._next_probe:
