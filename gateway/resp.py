@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 
-__all__ = ["ReplyError", "RespClient", "bulk", "command"]
+__all__ = ["RedisAddress", "ReplyError", "RespClient", "auth_command", "bulk", "command"]
 
 
 class ReplyError(ConnectionError):
@@ -33,6 +33,35 @@ def bulk(part: bytes) -> bytes:
 
 def command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(bulk(part) for part in parts)
+
+
+class RedisAddress(NamedTuple):
+    """Where a Redis is and who we are to it, from `redis://[user:password@]host[:port][/db]`."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        return cls(
+            parts.hostname or "127.0.0.1",
+            parts.port or 6379,
+            int(db) if db else 0,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+        )
+
+
+def auth_command(username: str | None, password: str) -> bytes:
+    """`AUTH [username] password` (a username only with an ACL user)."""
+    if username:
+        return command(b"AUTH", username.encode(), password.encode())
+    return command(b"AUTH", password.encode())
 
 
 class _Protocol(asyncio.Protocol):
@@ -150,16 +179,8 @@ class RespClient:
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float) -> RespClient:
-        parts = urlsplit(url)
-        db = parts.path.strip("/")
-        return cls(
-            parts.hostname or "127.0.0.1",
-            parts.port or 6379,
-            db=int(db) if db else 0,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            timeout=timeout,
-        )
+        host, port, db, username, password = RedisAddress.from_url(url)
+        return cls(host, port, db=db, username=username, password=password, timeout=timeout)
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
@@ -175,10 +196,7 @@ class RespClient:
             try:
                 setup: list[asyncio.Future[Any]] = []
                 if self.password is not None:
-                    auth = [b"AUTH", self.password.encode()]
-                    if self.username:
-                        auth.insert(1, self.username.encode())
-                    setup.append(protocol.send(command(*auth)))
+                    setup.append(protocol.send(auth_command(self.username, self.password)))
                 if self.db:
                     setup.append(protocol.send(command(b"SELECT", str(self.db).encode())))
                 if setup:

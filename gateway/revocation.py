@@ -18,14 +18,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway.resp import RespClient, command
+from gateway.resp import RedisAddress, RespClient, auth_command, command
 
 __all__ = [
     "MGetClient", "RevocationKeys", "RevocationListener", "RevocationUnchecked", "TokenRevoked",
@@ -105,11 +104,7 @@ class RevocationListener:
     def __init__(self, redis_url: str, channel: str, on_message: Callable[[str, str], None], *,
                  on_epoch: Callable[[int], None] | None = None,
                  ping_interval: float = 1.0) -> None:  # fmt: skip
-        parts = urlsplit(redis_url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
+        self.address = RedisAddress.from_url(redis_url)  # a subscription ignores the db
         self.channel = channel
         self.on_message = on_message
         self.on_epoch = on_epoch
@@ -181,14 +176,14 @@ class RevocationListener:
 
     async def _connect_and_listen(self, loop: asyncio.AbstractEventLoop) -> None:
         link = _Link(self)
-        await asyncio.wait_for(loop.create_connection(lambda: link, self.host, self.port), 2.0)
+        address = self.address
+        await asyncio.wait_for(
+            loop.create_connection(lambda: link, address.host, address.port), 2.0
+        )
         self._link = link
         setup: list[bytes] = []
-        if self.password is not None:
-            auth = [b"AUTH", self.password.encode()]
-            if self.username:
-                auth.insert(1, self.username.encode())
-            setup.append(command(*auth))
+        if address.password is not None:
+            setup.append(auth_command(address.username, address.password))
             link.setup.append("auth")
         # Named, so an operator (and a test) can find this connection in CLIENT LIST.
         setup.append(command(b"CLIENT", b"SETNAME", _client_name(self.channel)))
