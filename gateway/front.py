@@ -159,43 +159,31 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
-def _head_bytes(status: int, reason: str, headers: Any, *, close: bool) -> bytearray:
+def _head_bytes(status: int, reason: str, headers: CIMultiDict[str], *, close: bool) -> bytearray:
     """Status line and header block: the headers given plus what aiohttp adds on prepare."""
-    date = server = False
-    lines: list[str] = []
-    for name, value in headers.items():
-        lines.append(f"{name}: {value}\r\n")
-        lower = name.lower()
-        if lower == "date":
-            date = True
-        elif lower == "server":
-            server = True
-    text = "".join(lines)
-    if unsafe_header_block(text, lines=len(lines)):  # one check for the block, not one a line
-        raise ValueError("control character in a response header")  # aiohttp's refusal
-    out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
-    out += text.encode("utf-8", "surrogateescape")
-    if not date:
-        out += b"Date: " + _DATE.now() + b"\r\n"
-    if not server:
-        out += b"Server: " + _SERVER + b"\r\n"
-    if close and "Connection" not in headers:
-        out += b"Connection: close\r\n"
-    out += b"\r\n"
-    return out
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    return _finish_head(
+        status, reason, lines, close=close and "Connection" not in headers,
+        date="Date" not in headers, server="Server" not in headers,
+    )  # fmt: skip
 
 
-def _finish_head(status: int, reason: str, lines: list[str], *, close: bool) -> bytearray:
+def _finish_head(status: int, reason: str, lines: list[str], *, close: bool, date: bool = True,
+                 server: bool = True) -> bytearray:  # fmt: skip
     """Status line + `lines` + `Date`, `Server` (and `Connection: close`) + the blank line.
 
     Upstream header values cannot hold CR/LF (the client splits on them), but a bare CR or LF
-    would split the response: refuse it the way aiohttp's writer does (ValueError -> 500)."""
+    would split the response: refuse it the way aiohttp's writer does (ValueError -> 500). One
+    check for the block, not one a line."""
     text = "".join(lines)
     if unsafe_header_block(text, lines=len(lines)):
         raise ValueError("control character in a response header")
     out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace")))
     out += text.encode("utf-8", "surrogateescape")
-    out += b"Date: " + _DATE.now() + b"\r\nServer: " + _SERVER + b"\r\n"
+    if date:
+        out += b"Date: " + _DATE.now() + b"\r\n"
+    if server:
+        out += b"Server: " + _SERVER + b"\r\n"
     if close:
         out += b"Connection: close\r\n"
     out += b"\r\n"
