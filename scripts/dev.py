@@ -156,7 +156,7 @@ async def main() -> int:
             await spawn(name, module)
             await wait_ready(http, name, port)
         say("Portico is up:")
-        say(f"  gateway  http://127.0.0.1:{port}   (public API, /docs, /openapi.json)")
+        say(f"  gateway  http://127.0.0.1:{ports['gateway']}   (public API, /docs, /openapi.json)")
         for name, _module, port in PROCESSES[:-1]:
             say(f"  {name:<8} http://127.0.0.1:{port}   (/healthz /readyz /metrics)")
         say(f"  mongodb  {mongo_url}")

@@ -357,16 +357,8 @@ class Bench:
         best: dict[str, Result] = {}
         every: dict[str, list[Result]] = {}
         for _ in range(self.rounds):
-            for name, (target, script, pids, expect) in runs.items():
-                result = run_wrk(
-                    target,
-                    script,
-                    duration=self.duration,
-                    connections=64,
-                    pids=pids,
-                    cpus=self.gen_cpus,
-                    expect_status=expect,
-                )
+            for name, run in runs.items():
+                result = self._saturate(run)
                 every.setdefault(name, []).append(result)
                 if name not in best or result.rps > best[name].rps:
                     best[name] = result
@@ -418,6 +410,19 @@ class Bench:
                 if name in runs
             }
 
+    def _saturate(self, run: tuple[str, Path, list[int], int | None]) -> Result:
+        """One saturation run (`wrk -t1 -c64`) of (url, script, server pids, expected status)."""
+        target, script, pids, expect = run
+        return run_wrk(
+            target,
+            script,
+            duration=self.duration,
+            connections=64,
+            pids=pids,
+            cpus=self.gen_cpus,
+            expect_status=expect,
+        )
+
     def _limiter_pairs(
         self,
         limited: tuple[str, Path, list[int], int | None],
@@ -434,16 +439,8 @@ class Bench:
         extra = 2 if self.quick else 6
         for i in range(extra):
             order = (limited, plain) if i % 2 == 0 else (plain, limited)
-            for target, script, pids, _ in order:
-                result = run_wrk(
-                    target,
-                    script,
-                    duration=self.duration,
-                    connections=64,
-                    pids=pids,
-                    cpus=self.gen_cpus,
-                )
-                (limited_runs if target == limited[0] else plain_runs).append(result)
+            for run in order:
+                (limited_runs if run is limited else plain_runs).append(self._saturate(run))
         pairs = [
             (on, off)
             for on, off in zip(limited_runs, plain_runs, strict=True)
